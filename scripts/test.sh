@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Bootstrap .venv (if missing), install the project with its test extras, run every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[test]'
+echo "== import contracts"
+.venv/bin/lint-imports
+echo "== tests"
+set +e
+.venv/bin/python -m pytest -p no:cacheprovider "$@"
+code=$?
+set -e
+if [ "$code" -eq 5 ]; then
+    echo "pytest collected no tests: failing on purpose" >&2
+    exit 1
+fi
+exit "$code"
