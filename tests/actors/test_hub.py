@@ -1,0 +1,144 @@
+"""SubscriberHub handlers, called on an unstarted actor with an in-memory store."""
+
+import json
+
+from trade_canvas.actors.child import ChildLink, ChildRecord
+from trade_canvas.actors.hub import HubState, Outbox, SubscriberHub
+from trade_canvas.actors.messages import Broadcast, CandlesStored, PublishForming, Subscribe
+from trade_canvas.candles import Candle
+from trade_canvas.series import parse_series_id
+from tests.fakes.store import MemoryCandleStore
+
+S = parse_series_id("binance:spot:BTC/USDT:1m")
+
+
+def c(t: int) -> Candle:
+    return Candle(t, 1.0, 2.0, 0.5, 1.5, 3.0)
+
+
+def make_hub(store: MemoryCandleStore, clock=lambda: 0.0) -> SubscriberHub:
+    record = ChildRecord(kind="hub", series_id=S.text, start=lambda link: None)
+    return SubscriberHub(
+        S, store, HubState(), ChildLink(record, None),
+        catchup_limit=100, forming_interval_s=0.25, clock=clock,
+    )
+
+
+def drain(outbox: Outbox) -> list[dict]:
+    out = []
+    while outbox.pending():
+        frames = outbox.take(timeout=0)
+        if frames is None:
+            out.append({"closed": outbox.close_code})
+            continue
+        out.extend(json.loads(f) for f in frames)
+    return out
+
+
+def test_catch_up_tail_then_live_without_duplicates() -> None:
+    store = MemoryCandleStore()
+    store.upsert_candles(S.text, [c(60), c(120)])
+    hub = make_hub(store)
+    box = Outbox(10)
+    hub.on_receive(Subscribe(box, None, False))
+    hub.on_receive(CandlesStored((c(120), c(180))))
+    got = drain(box)
+    assert [m["type"] for m in got] == ["candle_closed"] * 3
+    assert [m["candle"]["candle_time"] for m in got] == [60, 120, 180]
+
+
+def test_catch_up_since_is_exclusive_and_batches() -> None:
+    store = MemoryCandleStore()
+    store.upsert_candles(S.text, [c(60), c(120), c(180)])
+    hub = make_hub(store)
+    box = Outbox(10)
+    hub.on_receive(Subscribe(box, 60, True))
+    [msg] = drain(box)
+    assert msg["type"] == "candles_batch"
+    assert [x["candle_time"] for x in msg["candles"]] == [120, 180]
+
+
+def test_catch_up_reports_a_leading_gap() -> None:
+    store = MemoryCandleStore()
+    store.upsert_candles(S.text, [c(300)])
+    hub = make_hub(store)
+    box = Outbox(10)
+    hub.on_receive(Subscribe(box, 60, False))
+    gap, closed = drain(box)
+    assert gap == {"type": "gap", "series_id": S.text, "expected_next_time": 120, "actual_time": 300}
+    assert closed["candle"]["candle_time"] == 300
+
+
+def test_live_gap_and_internal_gaps() -> None:
+    store = MemoryCandleStore()
+    store.upsert_candles(S.text, [c(60)])
+    hub = make_hub(store)
+    plain, batch = Outbox(10), Outbox(10)
+    hub.on_receive(Subscribe(plain, None, False))
+    hub.on_receive(Subscribe(batch, None, True))
+    drain(plain), drain(batch)
+    hub.on_receive(CandlesStored((c(180), c(240), c(360))))
+    assert [(m["type"], m.get("expected_next_time")) for m in drain(plain)] == [
+        ("gap", 120), ("candle_closed", None), ("candle_closed", None), ("gap", 300), ("candle_closed", None)
+    ]
+    assert [m["type"] for m in drain(batch)] == ["gap", "candles_batch"]
+
+
+def test_single_candle_is_candle_closed_even_for_batch_clients() -> None:
+    hub = make_hub(MemoryCandleStore())
+    box = Outbox(10)
+    hub.on_receive(Subscribe(box, None, True))
+    hub.on_receive(CandlesStored((c(60),)))
+    assert [m["type"] for m in drain(box)] == ["candle_closed"]
+
+
+def test_slow_consumer_is_dropped_and_others_keep_up() -> None:
+    hub = make_hub(MemoryCandleStore())
+    slow, fast = Outbox(3), Outbox(100)
+    hub.on_receive(Subscribe(slow, None, False))
+    hub.on_receive(Subscribe(fast, None, False))
+    for i in range(1, 10):
+        hub.on_receive(CandlesStored((c(60 * i),)))
+        drain(fast) if i % 2 else None
+    got = drain(slow)
+    assert got[0]["code"] == "slow_consumer" and got[-1] == {"closed": "slow_consumer"}
+    assert len(hub.state.subscriptions) == 1
+    hub.on_receive(CandlesStored((c(600),)))
+    assert drain(fast)[-1]["candle"]["candle_time"] == 600
+
+
+def test_forming_is_throttled_and_skips_sent_times() -> None:
+    now = [0.0]
+    hub = make_hub(MemoryCandleStore(), clock=lambda: now[0])
+    box = Outbox(100)
+    hub.on_receive(Subscribe(box, 60, False))
+    hub.on_receive(PublishForming(c(60)))  # not newer than the cursor
+    hub.on_receive(PublishForming(c(120)))
+    hub.on_receive(PublishForming(c(120)))  # within the interval: dropped
+    now[0] = 1.0
+    hub.on_receive(PublishForming(c(120)))
+    assert [m["type"] for m in drain(box)] == ["candle_forming", "candle_forming"]
+
+
+def test_broadcast_reaches_everyone() -> None:
+    hub = make_hub(MemoryCandleStore())
+    boxes = [Outbox(10) for _ in range(3)]
+    for box in boxes:
+        hub.on_receive(Subscribe(box, None, False))
+    hub.on_receive(Broadcast({"type": "system", "event": "x"}))
+    assert all(drain(box) == [{"type": "system", "event": "x"}] for box in boxes)
+
+
+def test_restarted_hub_catches_up_existing_subscribers_from_their_cursor() -> None:
+    store = MemoryCandleStore()
+    hub = make_hub(store)
+    box = Outbox(10)
+    hub.on_receive(Subscribe(box, None, False))
+    hub.on_receive(CandlesStored((c(60),)))
+    drain(box)
+    store.upsert_candles(S.text, [c(60), c(120), c(180)])  # written while the hub was down
+    record = ChildRecord(kind="hub", series_id=S.text, start=lambda link: None)
+    reborn = SubscriberHub(S, store, hub.state, ChildLink(record, None),
+                           catchup_limit=100, forming_interval_s=0.25)
+    reborn.on_start()
+    assert [m["candle"]["candle_time"] for m in drain(box)] == [120, 180]

@@ -1,0 +1,116 @@
+"""Supervisor with started actors: restarts, backoff, isolation between series."""
+
+import time
+from typing import Any
+
+import pykka
+import pytest
+
+from trade_canvas.actors.child import ChildLink, ChildState, StatusBoard
+from trade_canvas.actors.messages import Crash, EnsureSeries, Tick
+from trade_canvas.actors.supervisor import Supervisor
+from trade_canvas.series import parse_series_id
+
+A = parse_series_id("binance:spot:A/USDT:1m")
+B = parse_series_id("binance:spot:B/USDT:1m")
+
+
+class Echo(pykka.ThreadingActor):
+    fail_start = False
+
+    def __init__(self, link: ChildLink) -> None:
+        super().__init__()
+        self.link = link
+
+    def on_start(self) -> None:
+        if Echo.fail_start:
+            raise RuntimeError("cannot start")
+        self.link.started()
+
+    def on_failure(self, *exc_info: Any) -> None:
+        self.link.failed(exc_info[1])
+
+    def on_receive(self, message: Any) -> Any:
+        self.link.handled()
+        if isinstance(message, Crash):
+            raise RuntimeError(message.reason)
+        return message
+
+
+def blueprint(series, group):
+    return {"echo": lambda link: Echo.start(link)}
+
+
+def wait_for(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+def supervisor():
+    Echo.fail_start = False
+    board = StatusBoard()
+    ref = Supervisor.start(blueprint, board, backoff_initial_s=0.05, backoff_max_s=0.4)
+    yield ref, board
+    ref.stop()
+
+
+def tick(ref) -> None:
+    ref.tell(Tick(time.monotonic()))
+
+
+def test_group_starts_once_and_runs(supervisor) -> None:
+    ref, board = supervisor
+    group = ref.ask(EnsureSeries(A), timeout=5)
+    assert ref.ask(EnsureSeries(A), timeout=5) is group
+    wait_for(lambda: group.children["echo"].state is ChildState.RUNNING)
+    assert group.ref("echo").ask("hi", timeout=5) == "hi"
+    kinds = [(r.kind, r.series_id) for r in board.records()]
+    assert kinds == [("supervisor", None), ("echo", A.text)]
+
+
+def test_crash_restarts_with_backoff_and_spares_other_series(supervisor) -> None:
+    ref, board = supervisor
+    group_a = ref.ask(EnsureSeries(A), timeout=5)
+    group_b = ref.ask(EnsureSeries(B), timeout=5)
+    wait_for(lambda: group_a.children["echo"].state is ChildState.RUNNING)
+    first = group_a.ref("echo")
+    first.tell(Crash("boom"))
+    record = group_a.children["echo"]
+    wait_for(lambda: record.state is ChildState.RESTARTING)
+    assert "boom" in record.last_error
+    wait_for(lambda: (tick(ref), record.state is ChildState.RUNNING)[1])
+    assert record.restarts == 1
+    assert group_a.ref("echo") is not first and group_a.ref("echo").ask("ok", timeout=5) == "ok"
+    assert group_b.children["echo"].restarts == 0
+    assert group_b.ref("echo").ask("still here", timeout=5) == "still here"
+    snapshot = record.snapshot()
+    assert snapshot["state"] == "running" and snapshot["restarts"] == 1
+
+
+def test_backoff_doubles_up_to_the_cap(supervisor) -> None:
+    ref, _ = supervisor
+    group = ref.ask(EnsureSeries(A), timeout=5)
+    record = group.children["echo"]
+    seen = []
+    for _ in range(5):
+        wait_for(lambda: (tick(ref), record.state is ChildState.RUNNING)[1])
+        group.ref("echo").tell(Crash("again"))
+        wait_for(lambda: record.state is ChildState.RESTARTING)
+        seen.append(record.backoff_s)
+    assert seen == [0.05, 0.1, 0.2, 0.4, 0.4]
+
+
+def test_failed_on_start_is_noticed_and_retried(supervisor) -> None:
+    ref, _ = supervisor
+    Echo.fail_start = True
+    group = ref.ask(EnsureSeries(A), timeout=5)
+    record = group.children["echo"]
+    wait_for(lambda: (tick(ref), record.restarts >= 1)[1])
+    Echo.fail_start = False
+    wait_for(lambda: (tick(ref), record.state is ChildState.RUNNING)[1])
+    assert record.last_error == "actor stopped unexpectedly"

@@ -1,0 +1,78 @@
+import math
+
+import pytest
+
+from trade_canvas.candles import Candle, dedupe_sorted, find_gap, parse_candle, parse_candles
+from trade_canvas.errors import InvalidInput
+from trade_canvas.series import parse_timeframe
+
+TF = parse_timeframe("1m")
+NOW = 1_700_000_000
+GOOD = {"candle_time": 1_699_999_980, "open": 1, "high": 2, "low": 0.5, "close": 1.5, "volume": 10}
+
+
+def test_parse_good_candle() -> None:
+    candle = parse_candle(GOOD, TF, NOW)
+    assert candle == Candle(1_699_999_980, 1.0, 2.0, 0.5, 1.5, 10.0)
+    assert candle.to_dict() == {**GOOD, "open": 1.0, "high": 2.0, "close": 1.5, "volume": 10.0}
+
+
+def test_numeric_strings_are_accepted() -> None:
+    raw = {k: str(v) for k, v in GOOD.items()}
+    assert parse_candle(raw, TF, NOW).close == 1.5
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"candle_time": 1_699_999_981}, "not aligned"),
+        ({"candle_time": 1_700_000_160}, "future"),
+        ({"candle_time": -60}, ">= 0"),
+        ({"candle_time": 1.5}, "integer"),
+        ({"candle_time": True}, "integer"),
+        ({"open": math.nan}, "finite"),
+        ({"high": math.inf}, "finite"),
+        ({"open": "abc"}, "number"),
+        ({"volume": -1}, "volume"),
+        ({"low": 1.2}, "low <="),
+        ({"high": 1.4}, "low <="),
+        ({"close": None}, "number"),
+    ],
+)
+def test_bad_candles(change: dict, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        parse_candle({**GOOD, **change}, TF, NOW)
+
+
+def test_missing_field() -> None:
+    raw = dict(GOOD)
+    del raw["volume"]
+    with pytest.raises(InvalidInput, match="volume is required"):
+        parse_candle(raw, TF, NOW)
+
+
+def test_one_timeframe_ahead_is_allowed() -> None:
+    assert parse_candle({**GOOD, "candle_time": NOW + 60 - NOW % 60}, TF, NOW)
+
+
+def test_parse_candles_names_the_bad_index() -> None:
+    with pytest.raises(InvalidInput, match=r"candles\[1\]"):
+        parse_candles([GOOD, {**GOOD, "volume": -1}], TF, NOW, 10)
+    with pytest.raises(InvalidInput, match="too many"):
+        parse_candles([GOOD] * 3, TF, NOW, 2)
+    with pytest.raises(InvalidInput, match="empty"):
+        parse_candles([], TF, NOW, 2)
+    with pytest.raises(InvalidInput, match="list"):
+        parse_candles({"a": 1}, TF, NOW, 2)
+
+
+def test_dedupe_keeps_last_and_sorts() -> None:
+    a, b, c = Candle(120, 1, 1, 1, 1, 1), Candle(60, 1, 1, 1, 1, 1), Candle(120, 2, 2, 2, 2, 2)
+    assert dedupe_sorted([a, b, c]) == [b, c]
+
+
+def test_find_gap() -> None:
+    candles = [Candle(240, 1, 1, 1, 1, 1)]
+    assert find_gap(120, candles, 60) == 180
+    assert find_gap(180, candles, 60) is None
+    assert find_gap(None, candles, 60) is None

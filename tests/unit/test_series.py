@@ -1,0 +1,57 @@
+import pytest
+
+from trade_canvas.errors import InvalidInput
+from trade_canvas.series import (
+    align_time,
+    expected_latest_closed_time,
+    parse_series_id,
+    parse_timeframe,
+)
+
+
+@pytest.mark.parametrize(
+    "text,seconds",
+    [("1m", 60), ("5m", 300), ("15m", 900), ("1h", 3600), ("4h", 14400), ("1d", 86400), (" 3m ", 180)],
+)
+def test_timeframes(text: str, seconds: int) -> None:
+    assert parse_timeframe(text).seconds == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0m", "1w", "1M", "30s", "m", "1.5h", "-1m", "1 m"])
+def test_bad_timeframes(text: str) -> None:
+    with pytest.raises(InvalidInput):
+        parse_timeframe(text)
+
+
+def test_series_id_with_colon_in_symbol() -> None:
+    series = parse_series_id("binance:futures:BTC/USDT:USDT:1h")
+    assert (series.exchange, series.market, series.symbol) == ("binance", "futures", "BTC/USDT:USDT")
+    assert series.timeframe.seconds == 3600
+    assert series.text == "binance:futures:BTC/USDT:USDT:1h"
+
+
+def test_series_id_components_are_stripped() -> None:
+    assert parse_series_id(" binance : spot : BTC/USDT : 1m ").text == "binance:spot:BTC/USDT:1m"
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("binance:spot:1m", "must be"),
+        ("binance::BTC/USDT:1m", "empty component"),
+        ("binance:spot:BTC/USDT:1x", "invalid timeframe"),
+        ("", "non-empty"),
+        (None, "non-empty"),
+        (42, "non-empty"),
+    ],
+)
+def test_bad_series_ids(text: object, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        parse_series_id(text)
+
+
+def test_alignment() -> None:
+    tf = parse_timeframe("5m")
+    assert align_time(1_700_000_123, tf) == 1_700_000_100 - 1_700_000_100 % 300
+    assert expected_latest_closed_time(600, tf) == 300
+    assert expected_latest_closed_time(299, tf) == 0

@@ -1,0 +1,1 @@
+"""pykka actors: per-series store, hub (and later feed, factor) under one Supervisor."""

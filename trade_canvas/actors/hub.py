@@ -1,0 +1,281 @@
+"""SubscriberHub: fans one series' candles out to its WebSocket connections.
+
+Each connection owns an ``Outbox``: a bounded queue drained by that socket's writer. The hub
+only offers pre-encoded frames (JSON is encoded once per distinct message, not per
+subscriber) and never waits on a socket: a connection whose queue is full is told
+``slow_consumer`` and dropped, so one slow client cannot slow the others or the writer.
+
+Subscriptions live in a ``HubState`` owned by the series group, not by the actor, so a hub that
+crashes and restarts keeps its subscribers and catches each one up from its cursor: the store is
+the source of truth, and nothing a subscriber missed while the hub was down is lost.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+import queue
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Callable, Sequence
+
+import orjson
+import pykka
+
+from trade_canvas.actors.child import ChildLink
+from trade_canvas.actors.messages import (
+    Broadcast,
+    CandlesStored,
+    Crash,
+    PublishForming,
+    Subscribe,
+    Unsubscribe,
+)
+from trade_canvas.candles import Candle
+from trade_canvas.series import SeriesId
+from trade_canvas.storage import CandleStore
+
+logger = logging.getLogger(__name__)
+
+_ids = itertools.count(1)
+_CLOSE = object()
+
+
+def encode(message: dict[str, Any]) -> str:
+    """Encode one server message as a text frame."""
+    return orjson.dumps(message).decode()
+
+
+class Outbox:
+    """One connection's bounded send queue; items are tuples of frames sent back to back."""
+
+    def __init__(self, limit: int) -> None:
+        self.id = next(_ids)
+        self.limit = limit
+        self.closed = False
+        self.close_code: str | None = None
+        self.series: set[str] = set()
+        self._queue: queue.Queue[Any] = queue.Queue()
+
+    def offer(self, frames: Sequence[str]) -> bool:
+        """Queue frames; False if the connection is closed or was just dropped as too slow."""
+        if self.closed:
+            return False
+        if self._queue.qsize() >= self.limit:
+            self.close(
+                "slow_consumer",
+                encode(
+                    {
+                        "type": "error",
+                        "code": "slow_consumer",
+                        "message": f"more than {self.limit} messages pending; disconnecting",
+                    }
+                ),
+            )
+            return False
+        self._queue.put_nowait(tuple(frames))
+        return True
+
+    def close(self, code: str | None = None, last_frame: str | None = None) -> None:
+        """Stop accepting frames; pending ones are discarded if ``last_frame`` is given."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_code = code
+        if last_frame is not None:
+            while True:
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            self._queue.put_nowait((last_frame,))
+        self._queue.put_nowait(_CLOSE)
+
+    def take(self, timeout: float | None = None) -> tuple[str, ...] | None:
+        """Return the next frames to send, or None once the outbox is closed.
+
+        Raises:
+            queue.Empty: nothing arrived within ``timeout``.
+        """
+        item = self._queue.get(timeout=timeout)
+        return None if item is _CLOSE else item
+
+    def pending(self) -> int:
+        """Return how many items wait to be sent."""
+        return self._queue.qsize()
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One connection's view of a series: what it has been sent up to."""
+
+    outbox: Outbox
+    cursor: int | None
+    supports_batch: bool
+
+
+class HubState:
+    """Subscriptions of one series; outlives hub restarts."""
+
+    def __init__(self) -> None:
+        self.subscriptions: dict[int, Subscription] = {}
+
+
+class SubscriberHub(pykka.ThreadingActor):
+    """Delivers catch-up, live closed and forming candles and system messages of one series."""
+
+    def __init__(
+        self,
+        series: SeriesId,
+        store: CandleStore,
+        state: HubState,
+        link: ChildLink,
+        *,
+        catchup_limit: int,
+        forming_interval_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.series = series
+        self.step = series.timeframe.seconds
+        self.store = store
+        self.state = state
+        self.link = link
+        self.catchup_limit = catchup_limit
+        self.forming_interval_s = forming_interval_s
+        self.clock = clock
+        self._last_forming: tuple[int, float] | None = None
+        link.record.extra = lambda: {"subscribers": len(state.subscriptions)}
+
+    def on_start(self) -> None:
+        for sub in list(self.state.subscriptions.values()):
+            self._catch_up(sub, sub.cursor)
+        self.link.started()
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.link.failed(exception_value)
+
+    def on_receive(self, message: Any) -> Any:
+        self.link.handled()
+        match message:
+            case CandlesStored():
+                return self._deliver(message.candles)
+            case PublishForming():
+                return self._forming(message.candle)
+            case Subscribe():
+                return self._subscribe(message)
+            case Unsubscribe():
+                return self._unsubscribe(message.outbox)
+            case Broadcast():
+                return self._broadcast(message.message)
+            case Crash():
+                raise RuntimeError(f"crash requested: {message.reason}")
+        logger.warning("hub %s ignored %r", self.series.text, message)
+        return None
+
+    def _subscribe(self, message: Subscribe) -> None:
+        sub = Subscription(message.outbox, message.since, message.supports_batch)
+        self.state.subscriptions[message.outbox.id] = sub
+        self._catch_up(sub, message.since)
+
+    def _unsubscribe(self, outbox: Outbox) -> None:
+        self.state.subscriptions.pop(outbox.id, None)
+
+    def _catch_up(self, sub: Subscription, since: int | None) -> None:
+        sid = self.series.text
+        if since is None:
+            candles = self.store.read_tail(sid, self.catchup_limit)
+        else:
+            candles = self.store.read_since(sid, since, self.catchup_limit)
+        frames: list[str] = []
+        if candles and since is not None and since > 0 and candles[0].candle_time > since + self.step:
+            frames.append(self._gap_frame(since + self.step, candles[0].candle_time))
+        if candles:
+            frames.extend(self._candle_frames(candles, sub.supports_batch, internal_gaps=False))
+            sub.cursor = candles[-1].candle_time
+        else:
+            sub.cursor = since
+        if frames and not sub.outbox.offer(frames):
+            self._drop(sub)
+
+    def _deliver(self, candles: Sequence[Candle]) -> None:
+        if not candles:
+            return
+        times = [c.candle_time for c in candles]
+        memo: dict[tuple[int, int | None, bool], list[str]] = {}
+        for sub in list(self.state.subscriptions.values()):
+            start = 0 if sub.cursor is None else bisect.bisect_right(times, sub.cursor)
+            if start >= len(candles):
+                continue
+            gap_after = sub.cursor
+            if gap_after is not None and times[start] <= gap_after + self.step:
+                gap_after = None
+            key = (start, gap_after, sub.supports_batch)
+            frames = memo.get(key)
+            if frames is None:
+                frames = memo[key] = self._live_frames(candles[start:], gap_after, sub.supports_batch)
+            if sub.outbox.offer(frames):
+                sub.cursor = times[-1]
+            else:
+                self._drop(sub)
+
+    def _live_frames(
+        self, candles: Sequence[Candle], gap_after: int | None, supports_batch: bool
+    ) -> list[str]:
+        frames = []
+        if gap_after is not None:
+            frames.append(self._gap_frame(gap_after + self.step, candles[0].candle_time))
+        frames.extend(self._candle_frames(candles, supports_batch, internal_gaps=True))
+        return frames
+
+    def _candle_frames(
+        self, candles: Sequence[Candle], supports_batch: bool, *, internal_gaps: bool
+    ) -> list[str]:
+        sid = self.series.text
+        if supports_batch and len(candles) > 1:
+            return [encode({"type": "candles_batch", "series_id": sid,
+                            "candles": [c.to_dict() for c in candles]})]
+        frames = []
+        previous: int | None = None
+        for candle in candles:
+            if internal_gaps and previous is not None and candle.candle_time > previous + self.step:
+                frames.append(self._gap_frame(previous + self.step, candle.candle_time))
+            frames.append(encode({"type": "candle_closed", "series_id": sid, "candle": candle.to_dict()}))
+            previous = candle.candle_time
+        return frames
+
+    def _gap_frame(self, expected: int, actual: int) -> str:
+        return encode({"type": "gap", "series_id": self.series.text,
+                       "expected_next_time": expected, "actual_time": actual})
+
+    def _forming(self, candle: Candle) -> None:
+        now = self.clock()
+        last = self._last_forming
+        if last is not None and last[0] == candle.candle_time and now - last[1] < self.forming_interval_s:
+            return
+        self._last_forming = (candle.candle_time, now)
+        frame = (encode({"type": "candle_forming", "series_id": self.series.text,
+                         "candle": candle.to_dict()}),)
+        for sub in list(self.state.subscriptions.values()):
+            if sub.cursor is not None and candle.candle_time <= sub.cursor:
+                continue
+            if not sub.outbox.offer(frame):
+                self._drop(sub)
+
+    def _broadcast(self, message: dict[str, Any]) -> None:
+        frame = (encode(message),)
+        for sub in list(self.state.subscriptions.values()):
+            if not sub.outbox.offer(frame):
+                self._drop(sub)
+
+    def _drop(self, sub: Subscription) -> None:
+        self.state.subscriptions.pop(sub.outbox.id, None)
+        if sub.outbox.close_code == "slow_consumer":
+            logger.warning("dropped slow consumer #%d of %s", sub.outbox.id, self.series.text)

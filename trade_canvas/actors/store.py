@@ -1,0 +1,71 @@
+"""StoreActor: the single writer of one series; tells the hub once candles are durable."""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+from typing import Any, Callable
+
+import pykka
+
+from trade_canvas.actors.child import ChildLink
+from trade_canvas.actors.messages import CandlesStored, Crash, StoreCandles
+from trade_canvas.series import SeriesId
+from trade_canvas.storage import CandleStore
+
+logger = logging.getLogger(__name__)
+
+RefLookup = Callable[[str], "pykka.ActorRef[Any] | None"]
+
+
+class StoreActor(pykka.ThreadingActor):
+    """Writes closed candles of one series, then tells the hub (and later the factor actor)."""
+
+    def __init__(
+        self, series: SeriesId, store: CandleStore, lookup: RefLookup, link: ChildLink
+    ) -> None:
+        super().__init__()
+        self.series = series
+        self.store = store
+        self.lookup = lookup
+        self.link = link
+
+    def on_start(self) -> None:
+        self.link.started()
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.link.failed(exception_value)
+
+    def on_receive(self, message: Any) -> Any:
+        self.link.handled()
+        match message:
+            case StoreCandles():
+                return self._store(message)
+            case Crash():
+                raise RuntimeError(f"crash requested: {message.reason}")
+        logger.warning("store actor %s ignored %r", self.series.text, message)
+        return None
+
+    def _store(self, message: StoreCandles) -> int:
+        self.store.upsert_candles(self.series.text, message.candles)
+        if message.publish:
+            stored = CandlesStored(message.candles)
+            for kind in ("hub", "factor"):
+                tell(self.lookup(kind), stored)
+        return len(message.candles)
+
+
+def tell(ref: pykka.ActorRef[Any] | None, message: Any) -> bool:
+    """Tell ``ref`` if it is up; a restarting receiver catches up from the store on start."""
+    if ref is None:
+        return False
+    try:
+        ref.tell(message)
+    except pykka.ActorDeadError:
+        return False
+    return True

@@ -1,0 +1,211 @@
+"""Settings: one frozen object built from the environment by ``load_settings``.
+
+Variable names are the earlier backend's runbook names, so existing env files keep working.
+Unlike the original, a bad value is never silently replaced by a default: the boot stops with
+one message naming every bad variable.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Mapping
+
+from trade_canvas.errors import ConfigError
+from trade_canvas.series import parse_series_id
+
+PREFIX = "TRADE_CANVAS_"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
+
+
+def _int(minimum: int | None = None, maximum: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError("expected an integer") from None
+        if minimum is not None and value < minimum:
+            raise ValueError(f"must be >= {minimum}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"must be <= {maximum}")
+        return value
+
+    return parse
+
+
+def _float(minimum: float | None = None) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError("expected a number") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("expected a finite number")
+        if minimum is not None and value < minimum:
+            raise ValueError(f"must be >= {minimum:g}")
+        return value
+
+    return parse
+
+
+def _str(text: str) -> str:
+    return text.strip()
+
+
+def _url(text: str) -> str:
+    value = text.strip().rstrip("/")
+    if not value.startswith(("http://", "https://", "ws://", "wss://")):
+        raise ValueError("expected an http(s):// or ws(s):// URL")
+    return value
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _log_level(text: str) -> str:
+    value = text.strip().upper()
+    if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
+    return value
+
+
+def _schema(text: str) -> str:
+    value = text.strip()
+    if not value or not (value[0].isalpha() or value[0] == "_") or not all(
+        ch.isalnum() or ch == "_" for ch in value
+    ):
+        raise ValueError("expected an identifier matching ^[A-Za-z_][A-Za-z0-9_]*$")
+    return value
+
+
+def setting(name: str, parse: Callable[[str], Any], default: Any, doc: str) -> Any:
+    """Declare a field read from ``TRADE_CANVAS_<name>``."""
+    return field(default=default, metadata={"env": PREFIX + name, "parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the process; defaults sit beside their fields."""
+
+    # -- core
+    db_path: str = setting("DB_PATH", _str, "data/market.db",
+                           "SQLite file of the embedded store (created if missing)")
+    whitelist_path: str = setting("WHITELIST_PATH", _str, "config/market_whitelist.json",
+                                  "JSON file `{\"series_ids\": [...]}` of pinned series")
+    cors_origins: tuple[str, ...] = setting(
+        "CORS_ORIGINS", _origins, ("http://localhost:5173", "http://127.0.0.1:5173"),
+        "comma-separated origins allowed by CORS")
+    market_ws_catchup_limit: int = setting("MARKET_WS_CATCHUP_LIMIT", _int(100, 20000), 5000,
+                                           "most candles replayed to a new WebSocket subscriber")
+    enable_debug_api: bool = setting("ENABLE_DEBUG_API", _bool, False,
+                                     "forming-candle ingest and debug routes")
+    enable_dev_api: bool = setting("ENABLE_DEV_API", _bool, False, "/api/dev/* routes")
+    market_forming_min_interval_ms: int = setting(
+        "MARKET_FORMING_MIN_INTERVAL_MS", _int(0), 250,
+        "least time between two forming updates of one candle sent to subscribers")
+    ws_send_queue_max: int = setting(
+        "WS_SEND_QUEUE_MAX", _int(1), 1000,
+        "messages a WebSocket client may fall behind before it is dropped as slow_consumer")
+    log_level: str = setting("LOG_LEVEL", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR")
+    ingest_timeout_s: float = setting("INGEST_TIMEOUT_S", _float(0.1), 10.0,
+                                      "how long an HTTP write waits for the store actor")
+    # -- postgres
+    enable_pg_store: bool = setting("ENABLE_PG_STORE", _bool, False,
+                                    "store candles in Postgres instead of SQLite")
+    postgres_dsn: str = setting("POSTGRES_DSN", _str, "", "libpq DSN, e.g. postgresql://u@host/db")
+    postgres_schema: str = setting("POSTGRES_SCHEMA", _schema, "public", "schema for our tables")
+    postgres_connect_timeout_s: float = setting("POSTGRES_CONNECT_TIMEOUT_S", _float(0.1), 5.0,
+                                                "connect timeout")
+    postgres_pool_min_size: int = setting("POSTGRES_POOL_MIN_SIZE", _int(0), 1, "pool minimum")
+    postgres_pool_max_size: int = setting("POSTGRES_POOL_MAX_SIZE", _int(1), 10, "pool maximum")
+
+    def env_name(self, field_name: str) -> str:
+        """Return the variable that sets ``field_name``."""
+        return str(Settings.__dataclass_fields__[field_name].metadata["env"])
+
+
+def known_names() -> list[str]:
+    """Return every recognised ``TRADE_CANVAS_*`` variable name."""
+    return [f.metadata["env"] for f in fields(Settings)]
+
+
+def load_settings(environ: Mapping[str, str]) -> Settings:
+    """Build Settings from ``environ``.
+
+    Raises:
+        ConfigError: listing every variable with a bad value.
+    """
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for f in fields(Settings):
+        name = f.metadata["env"]
+        if name not in environ:
+            continue
+        try:
+            values[f.name] = f.metadata["parse"](environ[name])
+        except ValueError as exc:
+            problems.append(f"{name}={environ[name]!r}: {exc}")
+    settings = Settings(**values)
+    if settings.enable_pg_store and not settings.postgres_dsn:
+        problems.append("TRADE_CANVAS_POSTGRES_DSN: required when TRADE_CANVAS_ENABLE_PG_STORE=1")
+    if problems:
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
+    return settings
+
+
+def unknown_names(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """Return ``(name, closest known name)`` for each unrecognised TRADE_CANVAS_* variable."""
+    known = known_names()
+    extra = set(IGNORED_NAMES)
+    result = []
+    for name in sorted(environ):
+        if name.startswith(PREFIX) and name not in known and name not in extra:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            result.append((name, close[0] if close else None))
+    return result
+
+
+# Variables our own tooling reads outside the server process.
+IGNORED_NAMES = ("TRADE_CANVAS_TEST_POSTGRES_DSN",)
+
+
+def load_whitelist(path: str) -> tuple[str, ...]:
+    """Read the whitelist file; a missing file is an empty whitelist.
+
+    Raises:
+        ConfigError: unreadable JSON, wrong shape, or an invalid series id.
+    """
+    if not os.path.exists(path):
+        return ()
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"TRADE_CANVAS_WHITELIST_PATH={path}: cannot read: {exc}") from exc
+    items = data.get("series_ids") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise ConfigError(f"TRADE_CANVAS_WHITELIST_PATH={path}: expected {{\"series_ids\": [...]}}")
+    result: list[str] = []
+    for item in items:
+        if not isinstance(item, str) or not item.strip():
+            raise ConfigError(f"TRADE_CANVAS_WHITELIST_PATH={path}: bad entry {item!r}")
+        try:
+            text = parse_series_id(item).text
+        except Exception as exc:
+            raise ConfigError(f"TRADE_CANVAS_WHITELIST_PATH={path}: {exc}") from exc
+        if text not in result:
+            result.append(text)
+    return tuple(result)

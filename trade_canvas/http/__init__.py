@@ -1,0 +1,1 @@
+"""Falcon WSGI app: resources per URL noun, WebSocket and SSE streams, the error table."""

@@ -1,0 +1,65 @@
+"""Build the WSGI application: ``create_app(runtime)`` for tests, ``get_app()`` for gunicorn."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Iterable
+
+import falcon
+
+from trade_canvas.http import errors, market, status
+from trade_canvas.http.errors import DetailError
+from trade_canvas.http.media import JSON_HANDLER
+from trade_canvas.http.ws import MarketSocket, dispatch_websockets
+from trade_canvas.runtime.system import Runtime
+
+logger = logging.getLogger(__name__)
+
+
+class WebSocketOnly:
+    """GET /ws/market without an upgrade: explain instead of 404."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        raise DetailError(400, "this endpoint speaks WebSocket: send an Upgrade request")
+
+
+def create_app(runtime: Runtime) -> falcon.App:
+    """Build the Falcon app around a runtime (real or fake)."""
+    settings = runtime.settings
+    app = falcon.App(
+        middleware=[
+            falcon.CORSMiddleware(
+                allow_origins=list(settings.cors_origins) or "*", allow_credentials="*"
+            )
+        ]
+    )
+    app.req_options.media_handlers[falcon.MEDIA_JSON] = JSON_HANDLER
+    app.resp_options.media_handlers[falcon.MEDIA_JSON] = JSON_HANDLER
+    app.req_options.strip_url_path_trailing_slash = True
+    errors.install(app)
+    app.add_route("/api/health", status.Health())
+    app.add_route("/api/ready", status.Ready(runtime))
+    app.add_route("/api/runtime/actors", status.Actors(runtime))
+    app.add_route("/api/market/candles", market.Candles(runtime))
+    app.add_route("/api/market/whitelist", market.Whitelist(runtime))
+    app.add_route("/api/market/ingest/candle_closed", market.CandleClosed(runtime))
+    app.add_route("/api/market/ingest/candles_closed_batch", market.CandlesClosedBatch(runtime))
+    app.add_route("/ws/market", WebSocketOnly())
+    if settings.enable_dev_api:
+        app.add_route(
+            "/api/dev/market/ingest/candles_closed_batch", market.CandlesClosedBatch(runtime)
+        )
+    if settings.enable_debug_api:
+        app.add_route("/api/market/ingest/candle_forming", market.CandleForming(runtime))
+        app.add_route("/api/runtime/debug/crash", status.Crash(runtime))
+    return app
+
+
+def get_app() -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
+    """Load settings and logging, boot the runtime, return the WSGI app (gunicorn entry)."""
+    from trade_canvas.runtime.logs import configure_logging
+    from trade_canvas.runtime.system import boot_from_environ
+
+    runtime = boot_from_environ(os.environ, configure_logging)
+    return dispatch_websockets(create_app(runtime), {"/ws/market": MarketSocket(runtime)})

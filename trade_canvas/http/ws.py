@@ -1,0 +1,187 @@
+"""WebSocket ``/ws/market``: upgrade, framing, and the client message protocol.
+
+Falcon has no WebSocket support under WSGI, so ``dispatch_websockets`` routes upgrade requests
+around it to ``MarketSocket``, which takes the raw socket from gunicorn's environ through
+simple-websocket. Each connection runs a reader loop (client commands) and a writer greenlet
+draining its ``Outbox``; every frame, error replies included, goes through the outbox so one
+writer owns the socket.
+
+permessage-deflate is not negotiated: compressing every frame separately for each of thousands
+of subscribers costs far more CPU than the bandwidth it saves on small candle messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import orjson
+import simple_websocket
+
+from trade_canvas.errors import TradeCanvasError
+from trade_canvas.runtime.system import Runtime
+from trade_canvas.series import SeriesId, parse_series_id
+
+logger = logging.getLogger(__name__)
+
+MAX_CLIENT_MESSAGE_BYTES = 64 * 1024
+PING_INTERVAL_S = 25.0
+
+
+class BadRequest(Exception):
+    """A client message the server cannot act on; the socket stays open."""
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeCommand:
+    series: SeriesId
+    since: int | None
+    supports_batch: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribeCommand:
+    series_id: str
+
+
+def parse_client_message(data: str | bytes) -> SubscribeCommand | UnsubscribeCommand | None:
+    """Decode one client frame; None for an unsubscribe that names nothing usable.
+
+    Raises:
+        BadRequest: with the message sent back to the client.
+    """
+    if isinstance(data, bytes):
+        raise BadRequest("binary frames are not supported; send JSON text")
+    try:
+        message = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise BadRequest("invalid json") from None
+    if not isinstance(message, dict):
+        raise BadRequest("invalid message envelope")
+    kind = message.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise BadRequest("missing message type")
+    if kind == "subscribe":
+        return _subscribe(message)
+    if kind == "unsubscribe":
+        series_id = message.get("series_id")
+        if not isinstance(series_id, str) or not series_id.strip():
+            return None
+        try:
+            return UnsubscribeCommand(parse_series_id(series_id).text)
+        except TradeCanvasError:
+            return None
+    raise BadRequest(f"unknown message type: {kind}")
+
+
+def _subscribe(message: dict[str, Any]) -> SubscribeCommand:
+    series_id = message.get("series_id")
+    if not isinstance(series_id, str) or not series_id.strip():
+        raise BadRequest("missing series_id")
+    try:
+        series = parse_series_id(series_id)
+    except TradeCanvasError as exc:
+        raise BadRequest(str(exc)) from None
+    since = message.get("since")
+    if since is not None and (isinstance(since, bool) or not isinstance(since, int) or since < 0):
+        raise BadRequest("invalid since")
+    batch = message.get("supports_batch")
+    if batch is not None and not isinstance(batch, bool):
+        raise BadRequest("invalid supports_batch")
+    return SubscribeCommand(series, since, bool(batch))
+
+
+def _error(code: str, message: str, **extra: Any) -> str:
+    return orjson.dumps({"type": "error", "code": code, "message": message, **extra}).decode()
+
+
+class MarketSocket:
+    """One WebSocket session on /ws/market."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def serve(self, environ: dict[str, Any]) -> None:
+        """Run the session until the client or the server closes it."""
+        environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
+        ws = simple_websocket.Server(
+            environ, ping_interval=PING_INTERVAL_S, max_message_size=MAX_CLIENT_MESSAGE_BYTES
+        )
+        outbox = self.runtime.open_connection()
+        writer = threading.Thread(target=self._pump, args=(ws, outbox), daemon=True)
+        writer.start()
+        try:
+            while not outbox.closed:
+                data = ws.receive()
+                if data is not None:
+                    self._handle(outbox, data)
+        except simple_websocket.ConnectionClosed:
+            pass
+        finally:
+            self.runtime.close_connection(outbox)
+            writer.join(timeout=5)
+
+    def _handle(self, outbox: Any, data: str | bytes) -> None:
+        try:
+            command = parse_client_message(data)
+        except BadRequest as exc:
+            outbox.offer([_error("bad_request", str(exc))])
+            return
+        try:
+            if isinstance(command, SubscribeCommand):
+                self.runtime.subscribe(outbox, command.series, command.since, command.supports_batch)
+            elif isinstance(command, UnsubscribeCommand):
+                self.runtime.unsubscribe(outbox, command.series_id)
+        except TradeCanvasError as exc:
+            series_id = command.series.text if isinstance(command, SubscribeCommand) else None
+            outbox.offer([_error(error_code(exc), str(exc), series_id=series_id)])
+
+    @staticmethod
+    def _pump(ws: simple_websocket.Server, outbox: Any) -> None:
+        try:
+            while True:
+                frames = outbox.take()
+                if frames is None:
+                    break
+                for frame in frames:
+                    ws.send(frame)
+            code = {"slow_consumer": 1008, "server_shutdown": 1001}.get(outbox.close_code or "")
+            if code is not None and ws.connected:
+                ws.close(code, outbox.close_code)
+        except (simple_websocket.ConnectionClosed, OSError):
+            pass
+        finally:
+            outbox.close()
+
+
+def error_code(exc: TradeCanvasError) -> str:
+    """Return the WebSocket error code of a domain error."""
+    from trade_canvas.errors import CapacityExceeded, InvalidInput, Unavailable
+
+    if isinstance(exc, InvalidInput):
+        return "bad_request"
+    if isinstance(exc, CapacityExceeded):
+        return "capacity"
+    if isinstance(exc, Unavailable):
+        return "unavailable"
+    return "error"
+
+
+def dispatch_websockets(
+    app: Callable[..., Iterable[bytes]], sockets: dict[str, MarketSocket]
+) -> Callable[..., Iterable[bytes]]:
+    """Wrap a WSGI app so WebSocket upgrades on the given paths bypass it."""
+
+    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        handler = sockets.get(environ.get("PATH_INFO", ""))
+        upgrade = environ.get("HTTP_UPGRADE", "").lower() == "websocket"
+        if handler is None or not upgrade or "gunicorn.socket" not in environ:
+            return app(environ, start_response)
+        handler.serve(environ)
+        # The socket now belongs to the finished WebSocket session: gunicorn's async workers
+        # treat StopIteration as "close the connection without writing a response".
+        raise StopIteration()
+
+    return wsgi

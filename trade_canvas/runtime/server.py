@@ -1,0 +1,83 @@
+"""Serve the app with gunicorn: one gevent worker, no preload, runtime stopped on worker exit.
+
+The app is named by its dotted path (``trade_canvas.http.app:get_app()``) so it loads inside
+the worker after gevent has patched the standard library, and so this module does not import
+the HTTP layer (imports point one way: http -> runtime).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+from gunicorn.util import import_app
+
+logger = logging.getLogger(__name__)
+
+APP_PATH = "trade_canvas.http.app:get_app()"
+GRACEFUL_TIMEOUT_S = 5
+
+
+def _post_worker_init(worker: Any) -> None:
+    from trade_canvas.runtime.logs import install_run_info_dump
+    from trade_canvas.runtime.system import current_runtime
+
+    install_run_info_dump()
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: Any) -> None:
+        # Close WebSocket sessions at once so the graceful period is not spent waiting on them.
+        runtime = current_runtime()
+        if runtime is not None:
+            runtime.begin_shutdown()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
+def _worker_exit(server: Any, worker: Any) -> None:
+    from trade_canvas.runtime.system import current_runtime
+
+    runtime = current_runtime()
+    if runtime is not None:
+        runtime.stop()
+
+
+class Server(BaseApplication):  # type: ignore[misc]
+    """gunicorn application with our fixed production options."""
+
+    def __init__(self, host: str, port: int, access_log: bool = False) -> None:
+        self.options = {
+            "bind": f"{host}:{port}",
+            "workers": 1,
+            "worker_class": "gevent",
+            "worker_connections": 10000,
+            "graceful_timeout": GRACEFUL_TIMEOUT_S,
+            "timeout": 60,
+            "keepalive": 75,
+            "preload_app": False,
+            "accesslog": "-" if access_log else None,
+            "post_worker_init": _post_worker_init,
+            "worker_exit": _worker_exit,
+            # gunicorn >= 24 opens a control socket in ~/.gunicorn; we have no use for it and
+            # several servers on one machine would fight over the path.
+            "control_socket_disable": True,
+        }
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            if key in self.cfg.settings:
+                self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        return import_app(APP_PATH)
+
+
+def serve(host: str, port: int, access_log: bool = False) -> int:
+    """Run the server in the foreground until SIGTERM/SIGINT."""
+    Server(host, port, access_log).run()
+    return 0

@@ -1,0 +1,291 @@
+"""Runtime: boots the system as a flat list of steps and is the facade the HTTP layer calls.
+
+Reads go straight to the store rather than through the store actor: SQLite in WAL mode (and
+Postgres) give readers a consistent snapshot, and routing reads through the single writer would
+make every chart refresh wait behind ingest batches. Writes always go through the series' store
+actor, which keeps one writer per series and orders "stored" before "published".
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import pykka
+
+from trade_canvas import __version__
+from trade_canvas.actors.child import StatusBoard
+from trade_canvas.actors.hub import HubState, Outbox, SubscriberHub
+from trade_canvas.actors.messages import (
+    Crash,
+    EnsureSeries,
+    PublishForming,
+    StoreCandles,
+    Subscribe,
+    Tick,
+    Unsubscribe,
+)
+from trade_canvas.actors.store import StoreActor, tell
+from trade_canvas.actors.supervisor import SeriesGroup, Supervisor
+from trade_canvas.candles import Candle, dedupe_sorted
+from trade_canvas.config import Settings, load_settings, load_whitelist, unknown_names
+from trade_canvas.errors import InvalidInput, Unavailable
+from trade_canvas.series import SeriesId
+from trade_canvas.storage import CandleStore
+
+logger = logging.getLogger(__name__)
+
+ASK_TIMEOUT_S = 5.0
+TICK_INTERVAL_S = 0.5
+
+
+@dataclass
+class Runtime:
+    """Facade over the actor system; every method is safe to call from any request greenlet."""
+
+    settings: Settings
+    store: CandleStore
+    board: StatusBoard
+    supervisor: pykka.ActorRef[Any]
+    whitelist: tuple[str, ...]
+    groups: dict[str, SeriesGroup]
+    clock: Callable[[], float] = time.time
+    stopping: threading.Event = field(default_factory=threading.Event)
+    connections: dict[int, Outbox] = field(default_factory=dict)
+    store_closed: bool = False
+
+    # -- candles
+
+    def group(self, series: SeriesId) -> SeriesGroup:
+        """Return the series' actor group, starting it on first use."""
+        group = self.groups.get(series.text)
+        if group is not None:
+            return group
+        try:
+            return self.supervisor.ask(EnsureSeries(series), timeout=ASK_TIMEOUT_S)
+        except (pykka.Timeout, pykka.ActorDeadError) as exc:
+            raise Unavailable(f"supervisor did not answer: {exc}") from exc
+
+    def _ref(self, series: SeriesId, kind: str) -> pykka.ActorRef[Any]:
+        ref = self.group(series).ref(kind)
+        if ref is None:
+            raise Unavailable(f"{kind} actor of {series.text} is restarting; retry shortly")
+        return ref
+
+    def ingest_closed(self, series: SeriesId, candles: Sequence[Candle], publish: bool = True) -> int:
+        """Store closed candles durably (one transaction), then publish them; returns the count."""
+        if self.stopping.is_set():
+            raise Unavailable("server_shutting_down")
+        unique = tuple(dedupe_sorted(candles))
+        ref = self._ref(series, "store")
+        try:
+            return ref.ask(StoreCandles(unique, publish), timeout=self.settings.ingest_timeout_s)
+        except pykka.ActorDeadError as exc:
+            raise Unavailable(f"store actor of {series.text} stopped; retry shortly") from exc
+        except pykka.Timeout as exc:
+            raise Unavailable(f"store actor of {series.text} is busy; retry shortly") from exc
+
+    def publish_forming(self, series: SeriesId, candle: Candle) -> None:
+        """Show a forming candle to the series' subscribers."""
+        tell(self._ref(series, "hub"), PublishForming(candle))
+
+    def read_candles(self, series_id: str, since: int | None, limit: int) -> dict[str, Any]:
+        """Return the HTTP candles payload (tail without ``since``; ``since`` is exclusive)."""
+        if since is None:
+            candles = self.store.read_tail(series_id, limit)
+        else:
+            candles = self.store.read_since(series_id, since, limit)
+        head = self.store.head_time(series_id)
+        return {
+            "series_id": series_id,
+            "server_head_time": head,
+            "candles": [c.to_dict() for c in candles],
+        }
+
+    # -- WebSocket connections
+
+    def open_connection(self) -> Outbox:
+        """Register a new WebSocket connection and return its outbox."""
+        if self.stopping.is_set():
+            raise Unavailable("server_shutting_down")
+        outbox = Outbox(self.settings.ws_send_queue_max)
+        self.connections[outbox.id] = outbox
+        return outbox
+
+    def subscribe(self, outbox: Outbox, series: SeriesId, since: int | None, batch: bool) -> None:
+        """Subscribe a connection to a series; catch-up then live messages follow."""
+        ref = self._ref(series, "hub")
+        outbox.series.add(series.text)
+        tell(ref, Subscribe(outbox, since, batch))
+
+    def unsubscribe(self, outbox: Outbox, series_id: str) -> None:
+        """Remove one subscription of a connection (unknown ones are ignored)."""
+        if series_id not in outbox.series:
+            return
+        outbox.series.discard(series_id)
+        group = self._existing_group(series_id)
+        if group is not None:
+            tell(group.ref("hub"), Unsubscribe(outbox))
+
+    def close_connection(self, outbox: Outbox) -> None:
+        """Forget a connection and all its subscriptions."""
+        for series_id in list(outbox.series):
+            self.unsubscribe(outbox, series_id)
+        outbox.close()
+        self.connections.pop(outbox.id, None)
+
+    def _existing_group(self, series_id: str) -> SeriesGroup | None:
+        return self.groups.get(series_id)
+
+    # -- operations
+
+    def crash(self, series: SeriesId, kind: str) -> None:
+        """Make one actor of a series fail (debug API)."""
+        ref = self._ref(series, kind)
+        tell(ref, Crash(f"debug request for {kind} of {series.text}"))
+
+    def status(self) -> dict[str, Any]:
+        """Return the operator's view of every actor, without asking any actor."""
+        actors = [record.snapshot() for record in self.board.records()]
+        counts: dict[str, int] = {}
+        for view in actors:
+            counts[view["kind"]] = counts.get(view["kind"], 0) + 1
+        return {
+            "version": __version__,
+            "started_at": self.board.booted_at,
+            "uptime_s": round(time.time() - self.board.booted_at, 3),
+            "store_backend": self.store.backend,
+            "counts_by_kind": counts,
+            "series_count": len({v["series_id"] for v in actors if v["series_id"]}),
+            "websocket_connections": len(self.connections),
+            "actors": actors,
+        }
+
+    def readiness(self) -> dict[str, Any]:
+        """Check the store and the supervisor.
+
+        Raises:
+            Unavailable: naming what is not ready.
+        """
+        if self.stopping.is_set():
+            raise Unavailable("server_shutting_down")
+        self.store.ping()
+        if not self.supervisor.is_alive():
+            raise Unavailable("supervisor is not running")
+        return {"ready": True, "store_backend": self.store.backend}
+
+    def begin_shutdown(self) -> None:
+        """Refuse new work and close every WebSocket session (code 1001)."""
+        self.stopping.set()
+        for outbox in list(self.connections.values()):
+            outbox.close("server_shutdown")
+
+    def stop(self) -> None:
+        """Stop accepting work, close connections, stop actors in reverse order, close the store."""
+        if self.store_closed:
+            return
+        self.begin_shutdown()
+        self.store_closed = True
+        try:
+            self.supervisor.stop(block=True, timeout=10)
+        except pykka.Timeout:
+            logger.error("supervisor did not stop within 10s")
+        leftovers = pykka.ActorRegistry.get_all()
+        if leftovers:
+            logger.error("bug: actors still running after stop: %s", leftovers)
+            pykka.ActorRegistry.stop_all(block=True, timeout=5)
+        self.store.close()
+        logger.info("runtime stopped")
+
+
+def open_store(settings: Settings) -> CandleStore:
+    """Open the configured candle store."""
+    if settings.enable_pg_store:
+        from trade_canvas.storage.postgres import PostgresCandleStore
+
+        return PostgresCandleStore(
+            settings.postgres_dsn,
+            schema=settings.postgres_schema,
+            pool_min_size=settings.postgres_pool_min_size,
+            pool_max_size=settings.postgres_pool_max_size,
+            connect_timeout_s=settings.postgres_connect_timeout_s,
+        )
+    from trade_canvas.storage.sqlite import SqliteCandleStore
+
+    return SqliteCandleStore(settings.db_path)
+
+
+def make_blueprint(settings: Settings, store: CandleStore) -> Callable[..., dict[str, Any]]:
+    """Return how a series group is built: one line per actor kind, in start order."""
+
+    def blueprint(series: SeriesId, group: SeriesGroup) -> dict[str, Any]:
+        hub_state = HubState()
+        return {
+            "hub": lambda link: SubscriberHub.start(
+                series, store, hub_state, link,
+                catchup_limit=settings.market_ws_catchup_limit,
+                forming_interval_s=settings.market_forming_min_interval_ms / 1000.0,
+            ),
+            "store": lambda link: StoreActor.start(series, store, group.ref, link),
+        }
+
+    return blueprint
+
+
+def _start_ticker(runtime: Runtime) -> None:
+    def run() -> None:
+        while not runtime.stopping.wait(TICK_INTERVAL_S):
+            try:
+                runtime.supervisor.tell(Tick(time.monotonic()))
+            except pykka.ActorDeadError:
+                return
+
+    threading.Thread(target=run, name="supervisor-ticker", daemon=True).start()
+
+
+def boot(settings: Settings, clock: Callable[[], float] = time.time) -> Runtime:
+    """Start the store and the supervisor; returns the facade."""
+    whitelist = load_whitelist(settings.whitelist_path)
+    store = open_store(settings)
+    board = StatusBoard()
+    groups: dict[str, SeriesGroup] = {}
+    supervisor = Supervisor.start(make_blueprint(settings, store), board, groups)
+    runtime = Runtime(settings, store, board, supervisor, whitelist, groups, clock=clock)
+    _start_ticker(runtime)
+    logger.info(
+        "runtime up: store=%s whitelist=%d series", store.backend, len(whitelist)
+    )
+    return runtime
+
+
+def validate_kind(kind: str) -> str:
+    """Check an actor kind named by a debug request."""
+    if kind not in ("store", "hub"):
+        raise InvalidInput("kind must be one of: store, hub")
+    return kind
+
+
+
+_current: list[Runtime] = []
+
+
+def current_runtime() -> Runtime | None:
+    """Return the runtime booted in this process, if any (used by server hooks)."""
+    return _current[-1] if _current else None
+
+
+def boot_from_environ(
+    environ: Mapping[str, str], configure_logging: Callable[[str], None]
+) -> Runtime:
+    """Load settings from the environment, set up logging, warn about unknown names, boot."""
+    settings = load_settings(environ)
+    configure_logging(settings.log_level)
+    for name, closest in unknown_names(environ):
+        hint = f"; did you mean {closest}?" if closest else ""
+        logger.warning("unknown setting %s is ignored%s", name, hint)
+    runtime = boot(settings)
+    _current.append(runtime)
+    return runtime
