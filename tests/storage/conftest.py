@@ -1,19 +1,99 @@
-"""The storage contract runs once per backend: every test here takes the ``store`` fixture."""
+"""The storage contract runs once per backend: every test here takes the ``store`` fixture.
+
+The Postgres half uses ``TRADE_CANVAS_TEST_POSTGRES_DSN`` (default: the local trust-auth
+server). Each session works in its own schema ``tc_test_<random>``, dropped at the end; each
+test starts from empty tables. An unreachable server skips those tests, except with
+``CI=true``, where it is a failure.
+"""
 
 from __future__ import annotations
 
-from typing import Iterator
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Iterator
 
+import psycopg
 import pytest
+from psycopg import sql
 
+from trade_canvas.storage.postgres import PostgresCandleStore, redact_dsn
 from trade_canvas.storage.sqlite import SqliteCandleStore
 
+DEFAULT_TEST_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
-@pytest.fixture(params=["sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path) -> Iterator[object]:
-    if request.param == "sqlite":
-        backend = SqliteCandleStore(str(tmp_path / "market.db"))
-    else:  # pragma: no cover - new backends register here
-        raise AssertionError(request.param)
+
+def _dsn() -> str:
+    return os.environ.get("TRADE_CANVAS_TEST_POSTGRES_DSN", DEFAULT_TEST_DSN)
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> str:
+    """Return the test server's DSN; skip (fail under CI=true) when it cannot be reached."""
+    dsn = _dsn()
+    try:
+        with psycopg.connect(dsn, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        message = (
+            f"PostgreSQL test server {redact_dsn(dsn)} is unreachable "
+            f"(set TRADE_CANVAS_TEST_POSTGRES_DSN): {exc}"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return dsn
+
+
+def new_schema_name() -> str:
+    """Return a fresh schema name for tests."""
+    return f"tc_test_{secrets.token_hex(6)}"
+
+
+def drop_schema(dsn: str, schema: str) -> None:
+    """Drop a test schema and everything in it."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture(scope="session")
+def postgres_schema(postgres_dsn: str) -> Iterator[str]:
+    """Yield this session's schema, migrated, and drop it at the end."""
+    schema = new_schema_name()
+    PostgresCandleStore(postgres_dsn, schema=schema).close()
+    yield schema
+    drop_schema(postgres_dsn, schema)
+
+
+@pytest.fixture
+def fresh_schema(postgres_dsn: str) -> Iterator[str]:
+    """Yield an unused schema name for one test; drop the schema afterwards."""
+    schema = new_schema_name()
+    yield schema
+    drop_schema(postgres_dsn, schema)
+
+
+@pytest.fixture
+def postgres_store(postgres_dsn: str, postgres_schema: str) -> Iterator[PostgresCandleStore]:
+    """Yield a store on the session schema with empty tables."""
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("TRUNCATE {}").format(sql.Identifier(postgres_schema, "candles"))
+        )
+    backend = PostgresCandleStore(postgres_dsn, schema=postgres_schema, pool_max_size=4)
     yield backend
     backend.close()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[SqliteCandleStore]:
+    """Yield a store on a fresh SQLite file."""
+    backend = SqliteCandleStore(str(tmp_path / "market.db"))
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest) -> Any:
+    """Return a store of each backend in turn."""
+    return request.getfixturevalue(f"{request.param}_store")

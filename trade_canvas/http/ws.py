@@ -97,6 +97,27 @@ def _error(code: str, message: str, **extra: Any) -> str:
     return orjson.dumps({"type": "error", "code": code, "message": message, **extra}).decode()
 
 
+class _WholeFrameSocket:
+    """Socket proxy whose ``send`` writes everything, one writer at a time.
+
+    simple-websocket calls ``sock.send`` and ignores short writes, which corrupts frames as soon
+    as a slow client fills the kernel buffer; the writer greenlet and the library's own
+    ping/pong replies also share the socket. ``sendall`` under a lock fixes both.
+    """
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._lock = threading.Lock()
+
+    def send(self, data: bytes) -> int:
+        with self._lock:
+            self._sock.sendall(data)
+        return len(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
 class MarketSocket:
     """One WebSocket session on /ws/market."""
 
@@ -106,6 +127,7 @@ class MarketSocket:
     def serve(self, environ: dict[str, Any]) -> None:
         """Run the session until the client or the server closes it."""
         environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
+        environ["gunicorn.socket"] = _WholeFrameSocket(environ["gunicorn.socket"])
         ws = simple_websocket.Server(
             environ, ping_interval=PING_INTERVAL_S, max_message_size=MAX_CLIENT_MESSAGE_BYTES
         )
