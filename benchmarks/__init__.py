@@ -1,0 +1,1 @@
+"""Benchmarks: scripts exposing run(quick) -> dict of figures."""

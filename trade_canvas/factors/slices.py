@@ -1,0 +1,221 @@
+"""Read model: what the factors show at one time, and the ``GET /api/factor/slices`` body (pure).
+
+Wiring (HTTP layer, with a store)::
+
+    aligned = greatest stored candle_time <= at_time              # None -> empty_slices(...)
+    if factor head_time is None or < aligned: 409 "ledger_out_of_sync:factor"
+    rows    = factor events with candle_time in [aligned - window*tf, aligned]
+              + the latest "zhongshu.formed" event at or before aligned (it may be older)
+    candles = stored candles in [aligned - window*tf, aligned]
+    state   = the engine state snapshot, if its head_time == aligned (else None)
+    view    = build_view(aligned, rows, candles, state)
+    body    = slices_payload(series_id, view)
+
+With ``state`` at ``aligned`` the heads (pen extending/candidate, alive zone, anchor current)
+come from it exactly. Without it they are recomputed from the events and candles: the pen head
+replays the window's major pivots and needs the candles since the second-last effective pivot;
+the alive zone is the latest ``zhongshu.formed`` with no matching ``zhongshu.dead``; the anchor
+is the last switch's ``new_anchor`` (silent same-pointer updates after it are not in the ledger).
+
+Response shape (factors with nothing to show are omitted)::
+
+    {"schema_version": 1, "series_id", "at_time": aligned, "candle_id": "<sid>:<aligned>",
+     "factors": ["pivot", "pen", "zhongshu", "anchor"],
+     "snapshots": {name: {"schema_version": 1, "history": {...}, "head": {...},
+                          "meta": {"series_id", "epoch": 0, "at_time", "candle_id",
+                                   "factor_name"}}}}
+
+    pivot    history {"major": [...], "minor": [...]}     head {}
+    pen      history {"confirmed": [...]}                 head {"extending", "candidate"}
+    zhongshu history {"dead": [...]}                      head {"alive": [zone] | []}
+    anchor   history {"anchors": [PenRef], "switches": [...]}  head {"current_anchor_ref"}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from trade_canvas.candles import Candle
+from trade_canvas.factors import FACTOR_NAMES
+from trade_canvas.factors.anchor import PenRef, ref_from_dict
+from trade_canvas.factors.engine import FactorState
+from trade_canvas.factors.events import FactorEvent
+from trade_canvas.factors.pen import Swing, fold_effective, pen_head, swing_head, update_swing
+from trade_canvas.factors.pivot import Pivot
+from trade_canvas.factors.zhongshu import alive_head
+
+Payload = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class FactorView:
+    """Everything visible at ``at_time``: sorted history payloads and the recomputed heads.
+
+    The payload dicts are owned by the view; treat them as read-only.
+    """
+
+    at_time: int
+    majors: tuple[Payload, ...]
+    minors: tuple[Payload, ...]
+    pens: tuple[Payload, ...]
+    dead: tuple[Payload, ...]
+    switches: tuple[Payload, ...]
+    pen_head: Payload
+    alive: tuple[Payload, ...]
+    anchor_current: Payload | None
+
+
+def _bucket(events: Iterable[FactorEvent], at_time: int) -> dict[str, list[Payload]]:
+    buckets: dict[str, list[Payload]] = {}
+    for event in events:
+        if event.candle_time <= at_time:
+            buckets.setdefault(event.kind, []).append(event.payload())
+    return buckets
+
+
+def _sorted(rows: list[Payload], *keys: str) -> tuple[Payload, ...]:
+    return tuple(sorted(rows, key=lambda row: tuple(row[k] for k in keys)))
+
+
+def build_view(
+    at_time: int, events: Iterable[FactorEvent], candles: Sequence[Candle],
+    state: FactorState | None = None,
+) -> FactorView:
+    """Build the view at ``at_time`` from ledger rows, window candles and optionally the state.
+
+    ``state`` is used only when ``state.head_time == at_time``.
+    """
+    buckets = _bucket(events, at_time)
+    live = state if state is not None and state.head_time == at_time else None
+    majors = _sorted(buckets.get("pivot.major", []), "visible_time", "pivot_time")
+    pens = _sorted(buckets.get("pen.confirmed", []), "visible_time", "start_time")
+    switches = _sorted(buckets.get("anchor.switch", []), "visible_time", "switch_time")
+    if live is not None:
+        head = pen_head(live.pen)
+        alive = alive_head(live.zhongshu.alive, at_time)["alive"]
+        current = live.anchor.current
+    else:
+        head = recompute_pen_head(majors, candles, at_time)
+        alive = alive_from_events(buckets, at_time)
+        current = _ledger_anchor(switches, pens)
+    return FactorView(
+        at_time, majors, _sorted(buckets.get("pivot.minor", []), "visible_time", "pivot_time"),
+        pens, _sorted(buckets.get("zhongshu.dead", []), "visible_time", "start_time"), switches,
+        head, tuple(alive), _override_anchor(current, head),
+    )
+
+
+def recompute_pen_head(
+    majors: Sequence[Payload], candles: Sequence[Candle], at_time: int
+) -> Payload:
+    """Return the pen head at ``at_time`` from major pivot payloads and candles."""
+    pivots = [
+        Pivot(p["pivot_time"], p["pivot_price"], p["direction"], p["visible_time"], p["window"])
+        for p in sorted(majors, key=lambda p: (p["visible_time"], p["pivot_time"], p["direction"]))
+    ]
+    effective = fold_effective(pivots)
+    if len(effective) < 2:
+        return swing_head(None)
+    start = effective[-2]
+    swing = Swing(start.pivot_time, start.pivot_price, 1 if start.direction == "support" else -1)
+    for candle in candles:
+        if start.pivot_time < candle.candle_time <= at_time:
+            swing = update_swing(swing, candle.candle_time, float(candle.high), float(candle.low))
+    return swing_head(swing)
+
+
+def alive_from_events(buckets: dict[str, list[Payload]], at_time: int) -> list[Payload]:
+    """Return ``[alive zone]`` or ``[]``: the latest formed zone that has not died yet."""
+    formed = buckets.get("zhongshu.formed", [])
+    if not formed:
+        return []
+    zone = max(formed, key=lambda z: (z["visible_time"], z["formed_time"]))
+    for dead in buckets.get("zhongshu.dead", []):
+        if (dead["start_time"], dead["formed_time"]) == (zone["start_time"], zone["formed_time"]):
+            return []
+    return [dict(zone, end_time=max(zone["end_time"], at_time), death_time=None,
+                 visible_time=at_time)]
+
+
+def _ledger_anchor(switches: Sequence[Payload], pens: Sequence[Payload]) -> PenRef | None:
+    if switches:
+        return ref_from_dict(switches[-1]["new_anchor"])
+    if pens:
+        return ref_from_dict(dict(pens[-1], kind="confirmed"))
+    return None
+
+
+def _override_anchor(current: PenRef | None, head: Payload) -> Payload | None:
+    candidate = head.get("candidate")
+    if candidate is not None:
+        strength = abs(candidate["end_price"] - candidate["start_price"])
+        if (
+            current is None
+            or candidate["start_time"] == current.start_time
+            or strength > current.strength
+        ):
+            return ref_from_dict(dict(candidate, kind="candidate")).to_dict()
+    return None if current is None else current.to_dict()
+
+
+def anchor_history(switches: Sequence[Payload]) -> tuple[list[Payload], list[Payload]]:
+    """Normalise switches: last row per switch_time, then first switch to each pointer only."""
+    last_per_time: dict[int, Payload] = {}
+    for row in switches:
+        last_per_time[row["switch_time"]] = row
+    seen: set[int] = set()
+    kept: list[Payload] = []
+    for row in sorted(last_per_time.values(), key=lambda r: (r["visible_time"], r["switch_time"])):
+        start = row["new_anchor"]["start_time"]
+        if start not in seen:
+            seen.add(start)
+            kept.append(row)
+    return [row["new_anchor"] for row in kept], kept
+
+
+def _factor_slices(view: FactorView) -> dict[str, tuple[Payload, Payload]]:
+    slices: dict[str, tuple[Payload, Payload]] = {}
+    if view.majors:
+        slices["pivot"] = ({"major": list(view.majors), "minor": list(view.minors)}, {})
+    if view.pens:
+        slices["pen"] = ({"confirmed": list(view.pens)}, dict(view.pen_head))
+    if view.dead or view.alive:
+        slices["zhongshu"] = ({"dead": list(view.dead)}, {"alive": list(view.alive)})
+    if view.pens or view.switches:
+        anchors, kept = anchor_history(view.switches)
+        slices["anchor"] = (
+            {"anchors": anchors, "switches": kept}, {"current_anchor_ref": view.anchor_current}
+        )
+    return slices
+
+
+def slices_payload(series_id: str, view: FactorView) -> dict[str, Any]:
+    """Return the ``GET /api/factor/slices`` body for a view."""
+    candle_id = f"{series_id}:{view.at_time}"
+    slices = _factor_slices(view)
+    names = [name for name in FACTOR_NAMES if name in slices]
+    snapshots = {
+        name: {
+            "schema_version": 1,
+            "history": slices[name][0],
+            "head": slices[name][1],
+            "meta": {
+                "series_id": series_id, "epoch": 0, "at_time": view.at_time,
+                "candle_id": candle_id, "factor_name": name,
+            },
+        }
+        for name in names
+    }
+    return {
+        "schema_version": 1, "series_id": series_id, "at_time": view.at_time,
+        "candle_id": candle_id, "factors": names, "snapshots": snapshots,
+    }
+
+
+def empty_slices(series_id: str, requested_time: int) -> dict[str, Any]:
+    """Return the body for a series with no candle at or before ``requested_time``."""
+    return {
+        "schema_version": 1, "series_id": series_id, "at_time": requested_time,
+        "candle_id": None, "factors": [], "snapshots": {},
+    }
