@@ -102,3 +102,85 @@ class Tick:
     """Periodic supervisor wake-up: liveness checks and due restarts."""
 
     now: float
+
+
+# -- live feed
+
+
+@dataclass(frozen=True, slots=True)
+class AcquireFeed:
+    """A subscriber wants the series followed live; answers or raises CapacityExceeded."""
+
+    series: SeriesId
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseFeed:
+    """A subscriber of a followed series went away."""
+
+    series_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PinFeed:
+    """Follow a series for the life of the process (whitelist)."""
+
+    series: SeriesId
+
+
+@dataclass(frozen=True, slots=True)
+class StartGlobal:
+    """Start a process-wide child (e.g. one market's stream connections)."""
+
+    kind: str
+    start: Any
+
+
+@dataclass(frozen=True, slots=True)
+class AddStream:
+    """Route an exchange stream to a feed actor and subscribe to it upstream."""
+
+    stream: str
+    feed: Any
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveStream:
+    """Stop routing and unsubscribe an exchange stream."""
+
+    stream: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionOpened:
+    """A stream connection's socket is open with ``streams`` subscribed by its URL."""
+
+    connection_id: int
+    generation: int
+    streams: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLost:
+    """A stream connection's socket failed or closed."""
+
+    connection_id: int
+    generation: int
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class KlineReceived:
+    """A decoded kline frame for the receiving feed."""
+
+    update: Any
+
+
+@dataclass(frozen=True, slots=True)
+class StreamResumed:
+    """The feed's stream is live again: fill whatever closed while it was down."""
+
+
+@dataclass(frozen=True, slots=True)
+class FillTail:
+    """Fetch the closed candles the store lacks, up to the tail limit, over REST."""

@@ -1,0 +1,167 @@
+"""Binance REST over HTTP with one shared request-weight limiter per host.
+
+Every REST caller (feed backfills, gap fills, top markets) goes through the same ``RestLimiter``
+of a host, so no feature can spend another's budget or get the IP banned: requests wait for
+weight in the current minute, and a 429/418 with Retry-After blocks the whole host until then.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Callable
+from urllib.parse import urlsplit
+
+from trade_canvas.candles import Candle
+from trade_canvas.errors import Unavailable, UpstreamError
+from trade_canvas.exchanges import binance
+
+logger = logging.getLogger(__name__)
+
+USER_AGENT = "trade_canvas/0.1"
+
+
+class RateLimited(Unavailable):
+    """The exchange asked us to back off (429/418) or the local budget is spent for too long."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RestLimiter:
+    """Request weight budget per minute plus a ban clock, for one host."""
+
+    def __init__(
+        self,
+        weight_per_minute: int,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        headroom: float = 0.8,
+        max_wait_s: float = 30.0,
+    ) -> None:
+        self.budget = max(1, int(weight_per_minute * headroom))
+        self.clock = clock
+        self.sleep = sleep
+        self.max_wait_s = max_wait_s
+        self.window = -1
+        self.used = 0
+        self.banned_until = 0.0
+        self.requests = 0
+        self.bans = 0
+        self._lock = threading.Lock()
+
+    def acquire(self, weight: int) -> None:
+        """Wait until ``weight`` fits; raise RateLimited if that would take over ``max_wait_s``."""
+        while True:
+            with self._lock:
+                now = self.clock()
+                wait = self._wait_for(now, weight)
+                if wait <= 0:
+                    self.used += weight
+                    self.requests += 1
+                    return
+            if wait > self.max_wait_s:
+                raise RateLimited(f"rest budget exhausted; retry in {wait:.0f}s", wait)
+            self.sleep(wait)
+
+    def _wait_for(self, now: float, weight: int) -> float:
+        if now < self.banned_until:
+            return self.banned_until - now
+        minute = int(now // 60)
+        if minute != self.window:
+            self.window, self.used = minute, 0
+        if self.used + weight <= self.budget or self.used == 0:
+            return 0.0
+        return (minute + 1) * 60 - now
+
+    def observe_used_weight(self, used: int) -> None:
+        """Adopt the server's count of weight used this minute (X-MBX-USED-WEIGHT-1M)."""
+        with self._lock:
+            self.used = max(self.used, used)
+
+    def ban(self, seconds: float) -> None:
+        """Refuse every request to this host for ``seconds``."""
+        with self._lock:
+            self.banned_until = max(self.banned_until, self.clock() + seconds)
+            self.bans += 1
+
+    def snapshot(self) -> dict[str, float | int]:
+        """Return counters for the status endpoint."""
+        with self._lock:
+            return {"budget_per_minute": self.budget, "used_this_minute": self.used,
+                    "banned_for_s": max(0.0, round(self.banned_until - self.clock(), 1)),
+                    "requests": self.requests, "bans": self.bans}
+
+
+class BinanceRest:
+    """GET requests to Binance spot/futures REST, limited per host."""
+
+    def __init__(self, base_urls: dict[str, str], timeout_s: float = 10.0) -> None:
+        self.base_urls = base_urls
+        self.timeout_s = timeout_s
+        self.limiters: dict[str, RestLimiter] = {}
+        for market, url in base_urls.items():
+            host = urlsplit(url).netloc
+            limits = binance.limits_for(market)
+            if host not in self.limiters:
+                self.limiters[host] = RestLimiter(limits.request_weight_per_minute)
+
+    def limiter(self, market: str) -> RestLimiter:
+        """Return the limiter of a market's host."""
+        return self.limiters[urlsplit(self.base_urls[market]).netloc]
+
+    def get(self, market: str, request: binance.RestRequest) -> bytes:
+        """Send one GET; returns the body.
+
+        Raises:
+            RateLimited: 429/418 (the host is then paused for Retry-After) or budget exhausted.
+            UpstreamError: network failure, 4xx/5xx.
+        """
+        limiter = self.limiter(market)
+        limiter.acquire(request.weight)
+        url = self.base_urls[market] + request.path_with_query
+        req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                used = resp.headers.get("X-MBX-USED-WEIGHT-1M")
+                if used and used.isdigit():
+                    limiter.observe_used_weight(int(used))
+                return bytes(resp.read())
+        except urllib.error.HTTPError as err:
+            raise self._http_error(limiter, request, err) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise UpstreamError(f"{request.path}: {exc}") from None
+
+    def _http_error(
+        self, limiter: RestLimiter, request: binance.RestRequest, err: urllib.error.HTTPError
+    ) -> Exception:
+        body = err.read()
+        if err.code in (418, 429):
+            retry = _retry_after(err.headers.get("Retry-After"), 120.0 if err.code == 418 else 10.0)
+            limiter.ban(retry)
+            logger.warning("binance answered %d on %s; pausing the host for %.0fs",
+                           err.code, request.path, retry)
+            return RateLimited(f"binance rate limit ({err.code}); retry in {retry:.0f}s", retry)
+        error = binance.parse_error_body(body)
+        detail = f"{error.code} {error.msg}" if error else body[:200].decode(errors="replace")
+        return UpstreamError(f"{request.path}: HTTP {err.code}: {detail}")
+
+    def klines(
+        self, market: str, symbol: str, interval: str,
+        start_ms: int | None = None, end_ms: int | None = None, limit: int | None = None,
+    ) -> list[Candle]:
+        """Fetch one page of klines (open-time inclusive bounds)."""
+        request = binance.klines_request(market, symbol, interval, start_ms, end_ms, limit)
+        return binance.parse_klines(self.get(market, request))
+
+
+def _retry_after(value: str | None, default: float) -> float:
+    try:
+        return max(1.0, float(value)) if value else default
+    except ValueError:
+        return default

@@ -1,0 +1,1 @@
+"""Exchange wire codecs: one pure module per exchange (frames in, events out; requests built)."""
