@@ -122,6 +122,35 @@ class Settings:
     log_level: str = setting("LOG_LEVEL", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR")
     ingest_timeout_s: float = setting("INGEST_TIMEOUT_S", _float(0.1), 10.0,
                                       "how long an HTTP write waits for the store actor")
+    # -- live feed (Binance)
+    enable_whitelist_ingest: bool = setting(
+        "ENABLE_WHITELIST_INGEST", _bool, False, "follow the whitelist series live (pinned)")
+    enable_ondemand_ingest: bool = setting(
+        "ENABLE_ONDEMAND_INGEST", _bool, False, "a WebSocket subscribe starts following the series")
+    ondemand_idle_ttl_s: int = setting("ONDEMAND_IDLE_TTL_S", _int(1), 60,
+                                       "seconds an unsubscribed on-demand feed lives on")
+    ondemand_max_jobs: int = setting("ONDEMAND_MAX_JOBS", _int(0), 8,
+                                     "most on-demand feeds at once (0 = unlimited)")
+    binance_spot_base_url: str = setting("BINANCE_SPOT_BASE_URL", _url, "https://api.binance.com",
+                                         "Binance spot REST base URL")
+    binance_futures_base_url: str = setting(
+        "BINANCE_FUTURES_BASE_URL", _url, "https://fapi.binance.com",
+        "Binance USD-M futures REST base URL")
+    binance_spot_ws_url: str = setting("BINANCE_SPOT_WS_URL", _url, "wss://stream.binance.com:9443",
+                                       "Binance spot WebSocket base URL")
+    binance_futures_ws_url: str = setting("BINANCE_FUTURES_WS_URL", _url, "wss://fstream.binance.com",
+                                          "Binance USD-M futures WebSocket base URL")
+    market_auto_tail_backfill_max_candles: int = setting(
+        "MARKET_AUTO_TAIL_BACKFILL_MAX_CANDLES", _int(1, 100_000), 2000,
+        "closed candles fetched over REST when a feed starts or reconnects")
+    binance_ws_silence_timeout_s: float = setting(
+        "BINANCE_WS_SILENCE_TIMEOUT_S", _float(1.0), 30.0,
+        "reconnect a stream connection that sent no frame for this long")
+    binance_ws_streams_per_connection: int = setting(
+        "BINANCE_WS_STREAMS_PER_CONNECTION", _int(1, 1024), 200,
+        "streams multiplexed on one connection (Binance allows 1024 spot, 200 futures)")
+    binance_rest_timeout_s: float = setting("BINANCE_REST_TIMEOUT_S", _float(0.5), 10.0,
+                                            "timeout of one REST request")
     # -- postgres
     enable_pg_store: bool = setting("ENABLE_PG_STORE", _bool, False,
                                     "store candles in Postgres instead of SQLite")

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NoReturn, Sequence
 
 import pykka
 
@@ -28,11 +28,12 @@ from trade_canvas.actors.messages import (
     Tick,
     Unsubscribe,
 )
+from trade_canvas.actors.rest import BinanceRest
 from trade_canvas.actors.store import StoreActor, tell
 from trade_canvas.actors.supervisor import SeriesGroup, Supervisor
 from trade_canvas.candles import Candle, dedupe_sorted
 from trade_canvas.config import Settings, load_settings, load_whitelist, unknown_names
-from trade_canvas.errors import InvalidInput, Unavailable
+from trade_canvas.errors import ConfigError, InvalidInput, TradeCanvasError, Unavailable
 from trade_canvas.series import SeriesId
 from trade_canvas.storage import CandleStore
 
@@ -52,6 +53,7 @@ class Runtime:
     supervisor: pykka.ActorRef[Any]
     whitelist: tuple[str, ...]
     groups: dict[str, SeriesGroup]
+    rest: BinanceRest
     clock: Callable[[], float] = time.time
     stopping: threading.Event = field(default_factory=threading.Event)
     connections: dict[int, Outbox] = field(default_factory=dict)
@@ -252,8 +254,12 @@ def boot(settings: Settings, clock: Callable[[], float] = time.time) -> Runtime:
     store = open_store(settings)
     board = StatusBoard()
     groups: dict[str, SeriesGroup] = {}
+    rest = BinanceRest(
+        {"spot": settings.binance_spot_base_url, "futures": settings.binance_futures_base_url},
+        timeout_s=settings.binance_rest_timeout_s,
+    )
     supervisor = Supervisor.start(make_blueprint(settings, store), board, groups)
-    runtime = Runtime(settings, store, board, supervisor, whitelist, groups, clock=clock)
+    runtime = Runtime(settings, store, board, supervisor, whitelist, groups, rest, clock=clock)
     _start_ticker(runtime)
     logger.info(
         "runtime up: store=%s whitelist=%d series", store.backend, len(whitelist)
@@ -280,12 +286,35 @@ def current_runtime() -> Runtime | None:
 def boot_from_environ(
     environ: Mapping[str, str], configure_logging: Callable[[str], None]
 ) -> Runtime:
-    """Load settings from the environment, set up logging, warn about unknown names, boot."""
-    settings = load_settings(environ)
+    """Load settings from the environment, set up logging, warn about unknown names, boot.
+
+    Raises:
+        SystemExit: with gunicorn's worker-boot-error code after logging one line, when the
+            settings are invalid or the store cannot be opened (ConfigError, Unavailable).
+    """
+    try:
+        settings = load_settings(environ)
+    except ConfigError as exc:
+        configure_logging("INFO")
+        _boot_failed(exc)
     configure_logging(settings.log_level)
     for name, closest in unknown_names(environ):
         hint = f"; did you mean {closest}?" if closest else ""
         logger.warning("unknown setting %s is ignored%s", name, hint)
-    runtime = boot(settings)
+    try:
+        runtime = boot(settings)
+    except (ConfigError, Unavailable) as exc:
+        _boot_failed(exc)
     _current.append(runtime)
     return runtime
+
+
+def _boot_failed(exc: TradeCanvasError) -> NoReturn:
+    # An exception would make gunicorn log its traceback ("Exception in worker process") for
+    # what is an operator's mistake or an outage, already explained by the message. Exiting
+    # with WORKER_BOOT_ERROR instead makes the master stop at once with that code; any other
+    # code would make it respawn the worker in a loop.
+    from gunicorn.arbiter import Arbiter
+
+    logger.error("cannot start: %s", exc)
+    raise SystemExit(Arbiter.WORKER_BOOT_ERROR)
