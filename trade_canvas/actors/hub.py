@@ -57,6 +57,7 @@ class Outbox:
         self.closed = False
         self.close_code: str | None = None
         self.series: set[str] = set()
+        self.acquired: set[str] = set()  # series whose live feed this connection holds a ref on
         self._queue: queue.Queue[Any] = queue.Queue()
 
     def offer(self, frames: Sequence[str]) -> bool:

@@ -17,21 +17,26 @@ import pykka
 
 from trade_canvas.actors.child import ChildLink, ChildRecord, ChildStart, ChildState, StatusBoard
 from trade_canvas.actors.messages import (
+    AcquireFeed,
     ChildFailed,
     ChildStarted,
     EnsureSeries,
+    PinFeed,
+    ReleaseFeed,
+    StartGlobal,
     StopSeries,
     Tick,
 )
+from trade_canvas.lifecycle import FeedDemand, FeedJob
 from trade_canvas.series import SeriesId
 
 logger = logging.getLogger(__name__)
 
 
 class SeriesGroup:
-    """The actors of one series, by kind, in start order."""
+    """The actors of one series (or, with ``series`` None, the process-wide ones), by kind."""
 
-    def __init__(self, series: SeriesId) -> None:
+    def __init__(self, series: SeriesId | None) -> None:
         self.series = series
         self.children: dict[str, ChildRecord] = {}
 
@@ -44,6 +49,7 @@ class SeriesGroup:
 
 
 Blueprint = Callable[[SeriesId, SeriesGroup], dict[str, ChildStart]]
+FeedBlueprint = Callable[[SeriesId, SeriesGroup, FeedJob], ChildStart]
 
 
 class Supervisor(pykka.ThreadingActor):
@@ -55,6 +61,10 @@ class Supervisor(pykka.ThreadingActor):
         board: StatusBoard,
         groups: dict[str, SeriesGroup] | None = None,
         *,
+        globals_group: SeriesGroup | None = None,
+        feed_blueprint: FeedBlueprint | None = None,
+        demand: FeedDemand | None = None,
+        idle_ttl_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         start_timeout_s: float = 10.0,
@@ -73,6 +83,10 @@ class Supervisor(pykka.ThreadingActor):
         self.stable_after_s = stable_after_s
         # Shared with the runtime facade, which reads it (never writes) to skip an ask per request.
         self.groups: dict[str, SeriesGroup] = groups if groups is not None else {}
+        self.globals = globals_group if globals_group is not None else SeriesGroup(None)
+        self.feed_blueprint = feed_blueprint
+        self.demand = demand if demand is not None else FeedDemand(0)
+        self.idle_ttl_s = idle_ttl_s
         self.record = ChildRecord(kind="supervisor", series_id=None, start=lambda link: self.actor_ref)
 
     def on_start(self) -> None:
@@ -84,6 +98,8 @@ class Supervisor(pykka.ThreadingActor):
     def on_stop(self) -> None:
         for series_id in reversed(list(self.groups)):
             self._stop_series(series_id)
+        for kind in reversed(list(self.globals.children)):
+            self._remove_child(self.globals, kind)
         self.record.move(ChildState.STOPPED)
 
     def on_receive(self, message: Any) -> Any:
@@ -99,6 +115,14 @@ class Supervisor(pykka.ThreadingActor):
                 return self._child_failed(message)
             case Tick():
                 return self._tick(message.now)
+            case AcquireFeed():
+                return self._acquire(message.series)
+            case ReleaseFeed():
+                return self.demand.release(message.series_id, self.wall())
+            case PinFeed():
+                return self._pin(message.series)
+            case StartGlobal():
+                return self._add_child(self.globals, message.kind, message.start)
         logger.warning("supervisor ignored unexpected message %r", message)
         return None
 
@@ -109,12 +133,56 @@ class Supervisor(pykka.ThreadingActor):
         group = SeriesGroup(series)
         self.groups[series.text] = group
         for kind, start in self.blueprint(series, group).items():
-            record = ChildRecord(kind=kind, series_id=series.text, start=start)
-            group.children[kind] = record
-            self.board.add(record)
-            self._start_child(record)
+            self._add_child(group, kind, start)
         logger.info("series %s started (%s)", series.text, ", ".join(group.children))
         return group
+
+    def _add_child(self, group: SeriesGroup, kind: str, start: ChildStart) -> None:
+        series_id = group.series.text if group.series is not None else None
+        record = ChildRecord(kind=kind, series_id=series_id, start=start)
+        group.children[kind] = record
+        self.board.add(record)
+        self._start_child(record)
+
+    def _remove_child(self, group: SeriesGroup, kind: str) -> None:
+        record = group.children.pop(kind, None)
+        if record is None:
+            return
+        if record.ref is not None and record.ref.is_alive():
+            # Blocking here is safe: children never ask the supervisor anything.
+            try:
+                record.ref.stop(block=True, timeout=5)
+            except pykka.Timeout:
+                logger.error("actor %s for %s did not stop within 5s", kind, record.series_id)
+        record.ref = None
+        record.move(ChildState.STOPPED)
+        self.board.remove(record)
+
+    def _acquire(self, series: SeriesId) -> bool:
+        group = self._ensure(series)
+        outcome = self.demand.acquire(series.text, self.wall())
+        for victim in outcome.evict:
+            self._stop_feed(victim, "evicted for a new on-demand feed")
+        if outcome.start:
+            self._start_feed(group, self.demand.jobs[series.text])
+        return outcome.start
+
+    def _pin(self, series: SeriesId) -> None:
+        group = self._ensure(series)
+        if self.demand.pin(series.text) or "feed" not in group.children:
+            self._start_feed(group, self.demand.jobs[series.text])
+
+    def _start_feed(self, group: SeriesGroup, job: FeedJob) -> None:
+        if self.feed_blueprint is None or group.series is None:
+            return
+        self._add_child(group, "feed", self.feed_blueprint(group.series, group, job))
+        logger.info("feed of %s started (%s)", job.series_id, "pinned" if job.pinned else "on demand")
+
+    def _stop_feed(self, series_id: str, why: str) -> None:
+        group = self.groups.get(series_id)
+        if group is not None and "feed" in group.children:
+            self._remove_child(group, "feed")
+            logger.info("feed of %s stopped: %s", series_id, why)
 
     def _start_child(self, record: ChildRecord) -> None:
         record.generation += 1
@@ -131,7 +199,7 @@ class Supervisor(pykka.ThreadingActor):
         record.start_deadline = self.clock() + self.start_timeout_s
 
     def _find(self, series_id: str | None, kind: str, generation: int) -> ChildRecord | None:
-        group = self.groups.get(series_id or "")
+        group = self.groups.get(series_id) if series_id is not None else self.globals
         record = group.children.get(kind) if group is not None else None
         if record is None or record.generation != generation:
             return None  # a report from an incarnation already replaced
@@ -177,8 +245,10 @@ class Supervisor(pykka.ThreadingActor):
         )
 
     def _tick(self, now: float) -> None:
-        for group in list(self.groups.values()):
-            for record in group.children.values():
+        for series_id in self.demand.expired(self.wall(), self.idle_ttl_s):
+            self._stop_feed(series_id, f"idle for {self.idle_ttl_s:g}s")
+        for group in [self.globals, *self.groups.values()]:
+            for record in list(group.children.values()):
                 self._check(record, now)
 
     def _check(self, record: ChildRecord, now: float) -> None:
@@ -196,14 +266,6 @@ class Supervisor(pykka.ThreadingActor):
         group = self.groups.pop(series_id, None)
         if group is None:
             return
-        for record in reversed(list(group.children.values())):
-            if record.ref is not None and record.ref.is_alive():
-                # Blocking here is safe: children never ask the supervisor anything.
-                try:
-                    record.ref.stop(block=True, timeout=5)
-                except pykka.Timeout:
-                    logger.error("actor %s for %s did not stop within 5s", record.kind, series_id)
-            record.ref = None
-            record.move(ChildState.STOPPED)
-            self.board.remove(record)
+        for kind in reversed(list(group.children)):
+            self._remove_child(group, kind)
         logger.info("series %s stopped", series_id)

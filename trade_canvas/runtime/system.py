@@ -19,8 +19,15 @@ import pykka
 from trade_canvas import __version__
 from trade_canvas.actors.child import StatusBoard
 from trade_canvas.actors.hub import HubState, Outbox, SubscriberHub
+from trade_canvas.actors.connection import StreamConnections
+from trade_canvas.actors.factor import FactorActor, factor_options
+from trade_canvas.actors.feed import FeedActor
 from trade_canvas.actors.messages import (
+    AcquireFeed,
     Crash,
+    PinFeed,
+    ReleaseFeed,
+    StartGlobal,
     EnsureSeries,
     PublishForming,
     StoreCandles,
@@ -34,7 +41,12 @@ from trade_canvas.actors.supervisor import SeriesGroup, Supervisor
 from trade_canvas.candles import Candle, dedupe_sorted
 from trade_canvas.config import Settings, load_settings, load_whitelist, unknown_names
 from trade_canvas.errors import ConfigError, InvalidInput, TradeCanvasError, Unavailable
-from trade_canvas.series import SeriesId
+from trade_canvas.exchanges import binance
+from trade_canvas.lifecycle import FeedDemand, FeedJob
+from trade_canvas.runtime import factor_reads
+from trade_canvas.runtime.backtest import Backtests, start_backtests
+from trade_canvas.runtime.top_markets import TopMarkets, start_top_markets
+from trade_canvas.series import SeriesId, parse_series_id
 from trade_canvas.storage import CandleStore
 
 logger = logging.getLogger(__name__)
@@ -58,6 +70,8 @@ class Runtime:
     stopping: threading.Event = field(default_factory=threading.Event)
     connections: dict[int, Outbox] = field(default_factory=dict)
     store_closed: bool = False
+    backtests: Backtests | None = None  # started last in boot, stopped first
+    top_markets: TopMarkets | None = None  # a supervised process-wide child
 
     # -- candles
 
@@ -107,6 +121,26 @@ class Runtime:
             "candles": [c.to_dict() for c in candles],
         }
 
+    # -- factors: read the store directly, like read_candles
+
+    def factor_slices(self, series: SeriesId, at_time: int, window: int) -> dict[str, Any]:
+        """Return the ``GET /api/factor/slices`` body (Conflict while the ledger lags)."""
+        return factor_reads.slices(self.store, series, at_time, window)
+
+    def draw_delta(
+        self, series: SeriesId, cursor: int, window: int, at_time: int | None
+    ) -> dict[str, Any]:
+        """Return the ``GET /api/draw/delta`` body (Conflict while the ledger lags)."""
+        return factor_reads.draw_delta(self.store, series, cursor, window, at_time)
+
+    def factor_health(self, series: SeriesId) -> dict[str, Any]:
+        """Return the ``GET /api/factor/health`` body, with the factor actor's own view if up."""
+        body = factor_reads.health(self.store, series)
+        group = self.groups.get(series.text)
+        record = group.children.get("factor") if group is not None else None
+        body["factor_actor"] = record.snapshot() if record is not None else None
+        return body
+
     # -- WebSocket connections
 
     def open_connection(self) -> Outbox:
@@ -118,13 +152,35 @@ class Runtime:
         return outbox
 
     def subscribe(self, outbox: Outbox, series: SeriesId, since: int | None, batch: bool) -> None:
-        """Subscribe a connection to a series; catch-up then live messages follow."""
+        """Subscribe a connection to a series; catch-up then live messages follow.
+
+        Raises:
+            InvalidInput: on-demand ingest is on and Binance does not offer the series.
+            CapacityExceeded: no on-demand feed slot is free (nothing is subscribed then).
+        """
+        if self._wants_feed(outbox, series):
+            self._ask(AcquireFeed(series))
+            outbox.acquired.add(series.text)
         ref = self._ref(series, "hub")
         outbox.series.add(series.text)
         tell(ref, Subscribe(outbox, since, batch))
 
+    def _wants_feed(self, outbox: Outbox, series: SeriesId) -> bool:
+        if not self.settings.enable_ondemand_ingest or series.text in outbox.acquired:
+            return False
+        return followable(series)
+
+    def _ask(self, message: Any) -> Any:
+        try:
+            return self.supervisor.ask(message, timeout=ASK_TIMEOUT_S)
+        except (pykka.Timeout, pykka.ActorDeadError) as exc:
+            raise Unavailable(f"supervisor did not answer: {exc}") from exc
+
     def unsubscribe(self, outbox: Outbox, series_id: str) -> None:
         """Remove one subscription of a connection (unknown ones are ignored)."""
+        if series_id in outbox.acquired:
+            outbox.acquired.discard(series_id)
+            tell(self.supervisor, ReleaseFeed(series_id))
         if series_id not in outbox.series:
             return
         outbox.series.discard(series_id)
@@ -134,7 +190,7 @@ class Runtime:
 
     def close_connection(self, outbox: Outbox) -> None:
         """Forget a connection and all its subscriptions."""
-        for series_id in list(outbox.series):
+        for series_id in list(outbox.series | outbox.acquired):
             self.unsubscribe(outbox, series_id)
         outbox.close()
         self.connections.pop(outbox.id, None)
@@ -184,6 +240,8 @@ class Runtime:
         self.stopping.set()
         for outbox in list(self.connections.values()):
             outbox.close("server_shutdown")
+        if self.top_markets is not None:
+            self.top_markets.close_streams()
 
     def stop(self) -> None:
         """Stop accepting work, close connections, stop actors in reverse order, close the store."""
@@ -191,6 +249,8 @@ class Runtime:
             return
         self.begin_shutdown()
         self.store_closed = True
+        if self.backtests is not None:
+            self.backtests.stop()
         try:
             self.supervisor.stop(block=True, timeout=10)
         except pykka.Timeout:
@@ -225,6 +285,7 @@ def make_blueprint(settings: Settings, store: CandleStore) -> Callable[..., dict
 
     def blueprint(series: SeriesId, group: SeriesGroup) -> dict[str, Any]:
         hub_state = HubState()
+        factor = factor_options(settings)
         return {
             "hub": lambda link: SubscriberHub.start(
                 series, store, hub_state, link,
@@ -232,9 +293,61 @@ def make_blueprint(settings: Settings, store: CandleStore) -> Callable[..., dict
                 forming_interval_s=settings.market_forming_min_interval_ms / 1000.0,
             ),
             "store": lambda link: StoreActor.start(series, store, group.ref, link),
+            "factor": lambda link: FactorActor.start(series, store, group.ref, link, factor),
         }
 
     return blueprint
+
+
+def followable(series: SeriesId) -> bool:
+    """Whether a live feed exists for the series (only Binance spot and USD-M futures).
+
+    Raises:
+        InvalidInput: a Binance series whose market or timeframe Binance does not offer.
+    """
+    if series.exchange != "binance":
+        return False
+    binance.limits_for(series.market)
+    binance.check_interval(series.timeframe)
+    binance.to_binance_symbol(series.symbol)
+    return True
+
+
+def make_feed_blueprint(
+    settings: Settings, store: CandleStore, rest: BinanceRest, globals_group: SeriesGroup
+) -> Callable[[SeriesId, SeriesGroup, FeedJob], Any]:
+    """Return how a series' feed actor is started."""
+
+    def feed(series: SeriesId, group: SeriesGroup, job: FeedJob) -> Any:
+        streams = lambda: globals_group.ref(f"streams:{series.market}")  # noqa: E731
+        return lambda link: FeedActor.start(
+            series, job, rest, streams, group.ref, store, link,
+            tail_max=settings.market_auto_tail_backfill_max_candles,
+        )
+
+    return feed
+
+
+def _start_feeds(runtime: Runtime) -> None:
+    settings = runtime.settings
+    if not (settings.enable_whitelist_ingest or settings.enable_ondemand_ingest):
+        return
+    urls = {"spot": settings.binance_spot_ws_url, "futures": settings.binance_futures_ws_url}
+    for market, url in urls.items():
+        start = (lambda m, u: lambda link: StreamConnections.start(
+            m, u, link,
+            streams_per_connection=settings.binance_ws_streams_per_connection,
+            silence_timeout_s=settings.binance_ws_silence_timeout_s,
+        ))(market, url)
+        runtime.supervisor.tell(StartGlobal(f"streams:{market}", start))
+    if not settings.enable_whitelist_ingest:
+        return
+    for series_id in runtime.whitelist:
+        series = parse_series_id(series_id)
+        if followable(series):
+            runtime.supervisor.tell(PinFeed(series))
+        else:
+            logger.warning("whitelist series %s has no live feed (not a Binance series)", series_id)
 
 
 def _start_ticker(runtime: Runtime) -> None:
@@ -258,9 +371,19 @@ def boot(settings: Settings, clock: Callable[[], float] = time.time) -> Runtime:
         {"spot": settings.binance_spot_base_url, "futures": settings.binance_futures_base_url},
         timeout_s=settings.binance_rest_timeout_s,
     )
-    supervisor = Supervisor.start(make_blueprint(settings, store), board, groups)
+    globals_group = SeriesGroup(None)
+    supervisor = Supervisor.start(
+        make_blueprint(settings, store), board, groups,
+        globals_group=globals_group,
+        feed_blueprint=make_feed_blueprint(settings, store, rest, globals_group),
+        demand=FeedDemand(settings.ondemand_max_jobs),
+        idle_ttl_s=settings.ondemand_idle_ttl_s,
+    )
     runtime = Runtime(settings, store, board, supervisor, whitelist, groups, rest, clock=clock)
     _start_ticker(runtime)
+    _start_feeds(runtime)
+    runtime.top_markets = start_top_markets(settings, rest, supervisor, globals_group)
+    runtime.backtests = start_backtests(settings, store)
     logger.info(
         "runtime up: store=%s whitelist=%d series", store.backend, len(whitelist)
     )
@@ -269,8 +392,8 @@ def boot(settings: Settings, clock: Callable[[], float] = time.time) -> Runtime:
 
 def validate_kind(kind: str) -> str:
     """Check an actor kind named by a debug request."""
-    if kind not in ("store", "hub"):
-        raise InvalidInput("kind must be one of: store, hub")
+    if kind not in ("store", "hub", "feed", "factor"):
+        raise InvalidInput("kind must be one of: store, hub, feed, factor")
     return kind
 
 
@@ -314,7 +437,7 @@ def _boot_failed(exc: TradeCanvasError) -> NoReturn:
     # what is an operator's mistake or an outage, already explained by the message. Exiting
     # with WORKER_BOOT_ERROR instead makes the master stop at once with that code; any other
     # code would make it respawn the worker in a loop.
-    from gunicorn.arbiter import Arbiter
+    from gunicorn.arbiter import Arbiter  # type: ignore[import-untyped]
 
     logger.error("cannot start: %s", exc)
     raise SystemExit(Arbiter.WORKER_BOOT_ERROR)
