@@ -13,6 +13,10 @@ def main(argv: list[str] | None = None) -> int:
         from trade_canvas.replay.server import main as replay_main
 
         return replay_main(args[1:])
+    if args and args[0] == "backfill":
+        from trade_canvas.runtime.backfill import main as backfill_main
+
+        return backfill_main(args[1:])
     if args and args[0] == "store":
         from trade_canvas.storage.copy import main as copy_main
 
@@ -28,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--access-log", action="store_true", help="log every request")
     sub.add_parser("replay-exchange", help="local Binance replay exchange (see --help)")
     sub.add_parser("store", help="store copy --from SRC --to DST")
+    sub.add_parser("backfill", help="backfill SERIES_ID --since DATE: deep history over REST")
     parsed = parser.parse_args(args)
     if parsed.command == "serve":
         from trade_canvas.runtime.server import serve as run_server
