@@ -151,6 +151,13 @@ class Settings:
         "streams multiplexed on one connection (Binance allows 1024 spot, 200 futures)")
     binance_rest_timeout_s: float = setting("BINANCE_REST_TIMEOUT_S", _float(0.5), 10.0,
                                             "timeout of one REST request")
+    # -- top markets
+    binance_exchangeinfo_ttl_s: float = setting(
+        "BINANCE_EXCHANGEINFO_TTL_S", _float(1.0), 3600.0,
+        "seconds a market's exchangeInfo is reused by /api/market/top_markets")
+    binance_ticker_ttl_s: float = setting(
+        "BINANCE_TICKER_TTL_S", _float(1.0), 10.0,
+        "seconds a market's 24h tickers are reused by /api/market/top_markets (and its stream)")
     # -- postgres
     enable_pg_store: bool = setting("ENABLE_PG_STORE", _bool, False,
                                     "store candles in Postgres instead of SQLite")
@@ -160,6 +167,52 @@ class Settings:
                                                 "connect timeout")
     postgres_pool_min_size: int = setting("POSTGRES_POOL_MIN_SIZE", _int(0), 1, "pool minimum")
     postgres_pool_max_size: int = setting("POSTGRES_POOL_MAX_SIZE", _int(1), 10, "pool maximum")
+    # -- factors
+    factor_pivot_window_major: int = setting(
+        "FACTOR_PIVOT_WINDOW_MAJOR", _int(1), 50, "major pivot half-window, in candles")
+    factor_pivot_window_minor: int = setting(
+        "FACTOR_PIVOT_WINDOW_MINOR", _int(1), 5, "minor pivot half-window, in candles")
+    enable_factor_fingerprint_rebuild: bool = setting(
+        "ENABLE_FACTOR_FINGERPRINT_REBUILD", _bool, True,
+        "recompute a series' factors when their logic or parameters changed")
+    factor_rebuild_keep_candles: int = setting(
+        "FACTOR_REBUILD_KEEP_CANDLES", _int(100), 2000,
+        "newest stored candles a rebuild recomputes from (candles are never deleted)")
+    factor_logic_version: str = setting(
+        "FACTOR_LOGIC_VERSION", _str, "", "free text mixed into the fingerprint; change to rebuild")
+    # -- backtest (freqtrade); relative paths resolve against FREQTRADE_ROOT at boot
+    freqtrade_root: str = setting(
+        "FREQTRADE_ROOT", _str, ".",
+        "base of the relative freqtrade paths and the child's working directory "
+        "(default: the server's working directory, the repository root under dev_backend.sh)")
+    freqtrade_config: str = setting("FREQTRADE_CONFIG", _str, "freqtrade_user_data/config.json",
+                                    "base freqtrade config a backtest's minimal config starts from")
+    freqtrade_userdir: str = setting("FREQTRADE_USERDIR", _str, "freqtrade_user_data",
+                                     "freqtrade user directory (strategies/, data/, results)")
+    freqtrade_datadir: str = setting(
+        "FREQTRADE_DATADIR", _str, "",
+        "candle files; empty: the config's datadir, else <userdir>/data (must be in the userdir)")
+    freqtrade_bin: str = setting(
+        "FREQTRADE_BIN", _str, "freqtrade",
+        "freqtrade executable: runs backtests when offline markets are off; shown in hints")
+    freqtrade_strategy_path: str = setting(
+        "FREQTRADE_STRATEGY_PATH", _str, "",
+        "extra strategy directory; empty: freqtrade's <userdir>/strategies only")
+    freqtrade_offline_markets: bool = setting(
+        "FREQTRADE_OFFLINE_MARKETS", _bool, True,
+        "run freqtrade with synthesized Binance markets, never touching the network")
+    freqtrade_subprocess_timeout_s: float = setting(
+        "FREQTRADE_SUBPROCESS_TIMEOUT_S", _float(0.1), 120.0,
+        "a freqtrade child still running after this long is killed (with its process group)")
+    backtest_require_trades: bool = setting(
+        "BACKTEST_REQUIRE_TRADES", _bool, False, "a backtest without trades answers 422 no_trades")
+    backtest_max_concurrent: int = setting("BACKTEST_MAX_CONCURRENT", _int(1, 64), 1,
+                                           "freqtrade backtests running at once")
+    backtest_queue_size: int = setting(
+        "BACKTEST_QUEUE_SIZE", _int(0, 1000), 4,
+        "backtests waiting for a slot; one more answers 429 (0: refuse while all slots run)")
+    backtest_keep_results: int = setting("BACKTEST_KEEP_RESULTS", _int(1, 1000), 50,
+                                         "finished backtests kept in memory for the results API")
 
     def env_name(self, field_name: str) -> str:
         """Return the variable that sets ``field_name``."""
@@ -208,7 +261,12 @@ def unknown_names(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
 
 
 # Variables our own tooling reads outside the server process.
-IGNORED_NAMES = ("TRADE_CANVAS_TEST_POSTGRES_DSN",)
+IGNORED_NAMES = (
+    "TRADE_CANVAS_TEST_POSTGRES_DSN",
+    "TRADE_CANVAS_DEMO_EXCHANGE_PORT",
+    "TRADE_CANVAS_DEMO_WHITELIST_PATH",
+    "TRADE_CANVAS_DEMO_DB_PATH",
+)
 
 
 def load_whitelist(path: str) -> tuple[str, ...]:
