@@ -10,6 +10,8 @@ fi
 .venv/bin/python -m pip install --quiet -e '.[test]'
 echo "== import contracts"
 .venv/bin/lint-imports
+echo "== types (mypy --strict on pure modules and config)"
+.venv/bin/mypy
 echo "== tests"
 set +e
 .venv/bin/python -m pytest -p no:cacheprovider "$@"
