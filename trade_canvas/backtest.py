@@ -220,6 +220,43 @@ def series_id_for(
     return parse_series_id(f"{exchange}:{trading_mode}:{pair.symbol}:{timeframe}").text
 
 
+
+def timerange_bounds(timerange: str | None) -> tuple[int | None, int | None]:
+    """Return the UTC epoch seconds ``[start, end)`` of a validated timerange (None: open side).
+
+    The end day is included whole: ``20200101-20200103`` ends at 2020-01-04 00:00.
+    """
+    if not timerange:
+        return None, None
+    start_text, _, end_text = timerange.partition("-")
+    start = _day_seconds(start_text) if start_text else None
+    end = _day_seconds(end_text) + _DAY_S if end_text else None
+    return start, end
+
+
+_DAY_S = 86_400
+
+
+def _day_seconds(text: str) -> int:
+    return (date(int(text[:4]), int(text[4:6]), int(text[6:])) - date(1970, 1, 1)).days * _DAY_S
+
+
+def export_window(
+    timerange: str | None, timeframe_s: int, head_time: int, max_candles: int,
+    warmup_candles: int,
+) -> tuple[int, int]:
+    """Return the inclusive ``(first, last)`` candle times to export from the store for a run.
+
+    ``warmup_candles`` before the timerange's start feed the strategy's startup candles; without
+    a start the newest ``max_candles`` up to ``head_time`` are taken, and never more than that.
+    """
+    start, end = timerange_bounds(timerange)
+    last = head_time if end is None else min(head_time, end - 1)
+    newest_first = last - (max_candles - 1) * timeframe_s
+    first = newest_first if start is None else max(start - warmup_candles * timeframe_s,
+                                                   newest_first)
+    return first, last
+
 # --- data files -------------------------------------------------------------------------------
 
 

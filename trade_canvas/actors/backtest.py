@@ -18,9 +18,11 @@ or simply ``run_backtest_and_wait(actor, request, timeout)``. ``RunBacktest`` ra
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -529,6 +531,27 @@ def list_strategies(settings: BacktestSettings, recursive: bool = True) -> list[
             f"freqtrade list-strategies failed (exit {outcome.exit_code}): "
             f"{outcome.start_error or bt.tail(outcome.stderr, 2000)}")
     return names
+
+
+
+def freqtrade_missing(settings: BacktestSettings) -> str | None:
+    """Return why this setup cannot start freqtrade at all, or None when it can.
+
+    Cheap enough for every request (no child is started): with offline markets the child is
+    ``settings.python`` importing freqtrade, checked with ``find_spec`` when that is our own
+    interpreter; otherwise the ``settings.bin`` executable must be on the PATH (or a file).
+    """
+    if not settings.offline_markets:
+        if shutil.which(settings.bin) is None:
+            return f"freqtrade executable not found: {settings.bin}"
+        return None
+    if settings.python != sys.executable:
+        return None if shutil.which(settings.python) else f"python not found: {settings.python}"
+    try:
+        found = importlib.util.find_spec("freqtrade") is not None
+    except (ImportError, ValueError):  # a broken or half-removed install
+        found = False
+    return None if found else f"freqtrade is not installed for {sys.executable}"
 
 
 Runner = Callable[[BacktestSettings, str, bt.BacktestRequest], BacktestResult]
