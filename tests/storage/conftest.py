@@ -8,8 +8,6 @@ test starts from empty tables. An unreachable server skips those tests, except w
 
 from __future__ import annotations
 
-import os
-import secrets
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -17,43 +15,15 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from trade_canvas.storage.postgres import PostgresCandleStore, redact_dsn
+from tests.fakes.postgres import drop_schema, new_schema_name, reachable_dsn
+from trade_canvas.storage.postgres import PostgresCandleStore
 from trade_canvas.storage.sqlite import SqliteCandleStore
-
-DEFAULT_TEST_DSN = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def _dsn() -> str:
-    return os.environ.get("TRADE_CANVAS_TEST_POSTGRES_DSN", DEFAULT_TEST_DSN)
 
 
 @pytest.fixture(scope="session")
 def postgres_dsn() -> str:
     """Return the test server's DSN; skip (fail under CI=true) when it cannot be reached."""
-    dsn = _dsn()
-    try:
-        with psycopg.connect(dsn, connect_timeout=3) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.Error as exc:
-        message = (
-            f"PostgreSQL test server {redact_dsn(dsn)} is unreachable "
-            f"(set TRADE_CANVAS_TEST_POSTGRES_DSN): {exc}"
-        )
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return dsn
-
-
-def new_schema_name() -> str:
-    """Return a fresh schema name for tests."""
-    return f"tc_test_{secrets.token_hex(6)}"
-
-
-def drop_schema(dsn: str, schema: str) -> None:
-    """Drop a test schema and everything in it."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    return reachable_dsn()
 
 
 @pytest.fixture(scope="session")
@@ -77,8 +47,11 @@ def fresh_schema(postgres_dsn: str) -> Iterator[str]:
 def postgres_store(postgres_dsn: str, postgres_schema: str) -> Iterator[PostgresCandleStore]:
     """Yield a store on the session schema with empty tables."""
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        tables = ("candles", "factor_events", "factor_state", "draw_versions")
         conn.execute(
-            sql.SQL("TRUNCATE {}").format(sql.Identifier(postgres_schema, "candles"))
+            sql.SQL("TRUNCATE {}").format(
+                sql.SQL(", ").join(sql.Identifier(postgres_schema, t) for t in tables)
+            )
         )
     backend = PostgresCandleStore(postgres_dsn, schema=postgres_schema, pool_max_size=4)
     yield backend

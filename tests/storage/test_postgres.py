@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import socket
 import threading
 from typing import Iterator
 
@@ -12,6 +11,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from tests.fakes.tcp_relay import TcpRelay
 from trade_canvas.candles import Candle
 from trade_canvas.errors import ConfigError, Unavailable
 from trade_canvas.storage.postgres import (
@@ -143,58 +143,16 @@ def test_closed_store_raises_unavailable(postgres_store: PostgresCandleStore) ->
         postgres_store.count(S)
 
 
-class Relay:
-    """A TCP relay to the server that can be cut, standing in for a server that went away."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self._target = (host, port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._sockets: list[socket.socket] = [self._listener]
-        self._cut = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._cut.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self._target)
-            self._sockets += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        for sock in (source, sink):
-            sock.close()
-
-    def cut(self) -> None:
-        """Close every socket: connections drop and new ones are refused."""
-        self._cut.set()
-        for sock in self._sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-
-
 @pytest.fixture
-def relay(postgres_dsn: str) -> Iterator[Relay]:
+def relay(postgres_dsn: str) -> Iterator[TcpRelay]:
     params = psycopg.conninfo.conninfo_to_dict(postgres_dsn)
-    relay = Relay(str(params.get("host", "127.0.0.1")), int(params.get("port", 5432)))
+    relay = TcpRelay(str(params.get("host", "127.0.0.1")), int(params.get("port", 5432)))
     yield relay
     relay.cut()
 
 
 def test_ping_raises_unavailable_when_server_unreachable(
-    postgres_dsn: str, postgres_schema: str, relay: Relay
+    postgres_dsn: str, postgres_schema: str, relay: TcpRelay
 ) -> None:
     dsn = make_conninfo(postgres_dsn, host="127.0.0.1", port=str(relay.port))
     store = PostgresCandleStore(dsn, schema=postgres_schema, connect_timeout_s=1.0)
