@@ -27,13 +27,16 @@ def test_actor_status_lists_every_actor(client) -> None:
     )
     body = client.simulate_get("/api/runtime/actors").json
     assert body["store_backend"] == "sqlite"
-    assert body["counts_by_kind"] == {"supervisor": 1, "store": 1, "hub": 1}
+    assert body["counts_by_kind"] == {
+        "supervisor": 1, "top_markets": 1, "store": 1, "hub": 1, "factor": 1}
     assert body["series_count"] == 1 and body["uptime_s"] >= 0 and body["version"]
     store = next(a for a in body["actors"] if a["kind"] == "store")
     assert store["series_id"] == S and store["state"] == "running"
     assert store["messages_handled"] == 1 and store["restarts"] == 0 and store["queue_depth"] == 0
     hub = next(a for a in body["actors"] if a["kind"] == "hub")
     assert hub["subscribers"] == 0
+    factor = next(a for a in body["actors"] if a["kind"] == "factor")
+    assert {"head_time", "store_head_time", "lag_seconds", "rebuilding"} <= set(factor)
 
 
 def test_crash_is_restarted_and_reported(make_client) -> None:

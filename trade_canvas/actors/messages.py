@@ -184,3 +184,55 @@ class StreamResumed:
 @dataclass(frozen=True, slots=True)
 class FillTail:
     """Fetch the closed candles the store lacks, up to the tail limit, over REST."""
+
+
+@dataclass(frozen=True, slots=True)
+class ContinueFactors:
+    """Fold the next chunk of stored candles (the factor actor tells itself between chunks)."""
+
+
+# -- top markets
+
+
+@dataclass(frozen=True, slots=True)
+class GetTopMarkets:
+    """Answer the top-markets payload into ``reply`` (a pykka future), fetching if needed."""
+
+    market: str
+    quote_asset: str
+    limit: int
+    force: bool
+    client: str
+    reply: Any
+
+
+@dataclass(frozen=True, slots=True)
+class MarketFetched:
+    """A fetch job of one market ended: parsed parts (None when not fetched) or an error."""
+
+    market: str
+    job_id: int
+    infos: Any
+    rows: Any
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class WatchTopMarkets:
+    """Feed an SSE client's stream from the shared poller of its (market, quote, limit)."""
+
+    stream: Any
+
+
+@dataclass(frozen=True, slots=True)
+class UnwatchTopMarkets:
+    """An SSE client left; its poller stops when it was the last one."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class PollTopMarkets:
+    """A poller's interval elapsed (told by its timer)."""
+
+    key: tuple[str, str, int]

@@ -169,9 +169,9 @@ class Settings:
     postgres_pool_max_size: int = setting("POSTGRES_POOL_MAX_SIZE", _int(1), 10, "pool maximum")
     # -- factors
     factor_pivot_window_major: int = setting(
-        "FACTOR_PIVOT_WINDOW_MAJOR", _int(1), 50, "major pivot half-window, in candles")
+        "PIVOT_WINDOW_MAJOR", _int(1), 50, "major pivot half-window, in candles")
     factor_pivot_window_minor: int = setting(
-        "FACTOR_PIVOT_WINDOW_MINOR", _int(1), 5, "minor pivot half-window, in candles")
+        "PIVOT_WINDOW_MINOR", _int(1), 5, "minor pivot half-window, in candles")
     enable_factor_fingerprint_rebuild: bool = setting(
         "ENABLE_FACTOR_FINGERPRINT_REBUILD", _bool, True,
         "recompute a series' factors when their logic or parameters changed")

@@ -636,9 +636,32 @@ def build_top_markets(
         UpstreamError: invalid JSON, no symbols list, or tickers that are not a list.
     """
     infos = parse_exchange_info(exchange_info, market)
-    rows = _json_body(tickers)
+    return rank_top_markets(infos, parse_ticker_rows(tickers), market, quote_asset, limit)
+
+
+def parse_ticker_rows(body: bytes | str | object) -> list[object]:
+    """Return the rows of a ``GET ticker/24hr`` (all symbols) body, undecoded beyond JSON.
+
+    Sample: ``[{"symbol":"BTCUSDT","lastPrice":"60719.27","priceChangePercent":"1.23",
+    "quoteVolume":"1313200001.5",...}, ...]``
+
+    Raises:
+        UpstreamError: invalid JSON, or a body that is not an array.
+    """
+    rows = _json_body(body)
     if not isinstance(rows, list):
         raise UpstreamError("binance ticker/24hr response is not an array")
+    return rows
+
+
+def rank_top_markets(
+    infos: Mapping[str, MarketInfo],
+    rows: Sequence[object],
+    market: str,
+    quote_asset: str = "USDT",
+    limit: int = 20,
+) -> list[TopMarket]:
+    """Rank already parsed symbols and ticker rows (see ``build_top_markets``)."""
     quote = (quote_asset or "").strip().upper() or "USDT"
     items = [item for row in rows if (item := _top_market(row, infos, market, quote))]
     items.sort(key=lambda item: item.quote_volume, reverse=True)

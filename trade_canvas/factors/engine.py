@@ -152,10 +152,21 @@ def state_from_json(text: str) -> FactorState:
     return state_from_dict(data)
 
 
+# Field names per type (None: not a dataclass instance). The factor actor snapshots its state
+# on every closed candle, and dataclasses.is_dataclass/fields per value were most of that cost.
+_FIELD_NAMES: dict[type, tuple[str, ...] | None] = {}
+
+
 def _encode(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _encode(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, tuple):
+    kind = type(value)
+    try:
+        names = _FIELD_NAMES[kind]
+    except KeyError:
+        is_instance = is_dataclass(value) and not isinstance(value, type)
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in fields(value)) if is_instance else None
+    if names is not None:
+        return {name: _encode(getattr(value, name)) for name in names}
+    if kind is tuple or isinstance(value, tuple):
         return [_encode(item) for item in value]
     return value
 

@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable
 
 import falcon
 
-from trade_canvas.http import errors, market, status
+from trade_canvas.http import backtest, errors, factor, market, status, top_markets
 from trade_canvas.http.errors import DetailError
 from trade_canvas.http.media import JSON_HANDLER
 from trade_canvas.http.ws import MarketSocket, dispatch_websockets
@@ -43,8 +43,19 @@ def create_app(runtime: Runtime) -> falcon.App:
     app.add_route("/api/runtime/actors", status.Actors(runtime))
     app.add_route("/api/market/candles", market.Candles(runtime))
     app.add_route("/api/market/whitelist", market.Whitelist(runtime))
+    app.add_route("/api/market/top_markets", top_markets.TopMarkets(runtime))
+    app.add_route("/api/market/top_markets/stream", top_markets.TopMarketsStream(runtime))
     app.add_route("/api/market/ingest/candle_closed", market.CandleClosed(runtime))
     app.add_route("/api/market/ingest/candles_closed_batch", market.CandlesClosedBatch(runtime))
+    app.add_route("/api/backtest/strategies", backtest.Strategies(runtime))
+    app.add_route("/api/backtest/pair_timeframes", backtest.PairTimeframes(runtime))
+    app.add_route("/api/backtest/run", backtest.Run(runtime))
+    app.add_route("/api/backtest/results", backtest.Results(runtime))
+    app.add_route("/api/backtest/results/{job_id}", backtest.Result(runtime))
+    app.add_route("/api/factor/catalog", factor.Catalog())
+    app.add_route("/api/factor/slices", factor.Slices(runtime))
+    app.add_route("/api/factor/health", factor.Health(runtime))
+    app.add_route("/api/draw/delta", factor.DrawDelta(runtime))
     app.add_route("/ws/market", WebSocketOnly())
     if settings.enable_dev_api:
         app.add_route(

@@ -73,3 +73,17 @@ def query_bool(req: falcon.Request, name: str, default: bool) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise DetailError(422, f"{name} must be a boolean")
+
+
+def query_float(req: falcon.Request, name: str, *, default: float, minimum: float, maximum: float) -> float:
+    """Read an optional finite number query parameter within bounds (422 otherwise)."""
+    raw = req.get_param(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not minimum <= value <= maximum:  # also rejects nan
+        raise DetailError(422, f"{name} must be a number in {minimum:g}..{maximum:g}")
+    return value

@@ -110,15 +110,17 @@ class Runtime:
 
     def read_candles(self, series_id: str, since: int | None, limit: int) -> dict[str, Any]:
         """Return the HTTP candles payload (tail without ``since``; ``since`` is exclusive)."""
-        if since is None:
-            candles = self.store.read_tail(series_id, limit)
-        else:
-            candles = self.store.read_since(series_id, since, limit)
-        head = self.store.head_time(series_id)
+        # Rows go straight to the wire shape (Candle.to_dict's keys): no Candle per row.
+        rows = self.store.read_rows(series_id, since, limit)
+        # A tail's last row is the head; only a since read needs the extra query.
+        head = rows[-1][0] if rows and since is None else self.store.head_time(series_id)
         return {
             "series_id": series_id,
             "server_head_time": head,
-            "candles": [c.to_dict() for c in candles],
+            "candles": [
+                {"candle_time": t, "open": o, "high": h, "low": lo, "close": c, "volume": v}
+                for t, o, h, lo, c, v in rows
+            ],
         }
 
     # -- factors: read the store directly, like read_candles

@@ -1,14 +1,55 @@
 """Candle storage: the CandleStore contract and its two implementations (sqlite, postgres).
 
+Besides candles a store keeps each series' factor ledger: append-only factor events, one engine
+state snapshot (written in the same transaction as the events it produced, so the two never
+disagree) and the versioned draw instructions behind ``GET /api/draw/delta``.
+
 Stores do blocking I/O and know nothing about actors. Every method is safe to call from
 several threads or greenlets; writes of one call happen in one transaction.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+import json
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
 
 from trade_canvas.candles import Candle
+from trade_canvas.factors.draw import Instruction
+from trade_canvas.factors.events import FactorEvent
+
+# Most draw versions one read returns (the earlier backend's patch limit).
+DRAW_PATCH_LIMIT = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class FactorSnapshot:
+    """The factor engine state of one series after its last stored batch."""
+
+    head_time: int
+    fingerprint: str
+    state_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class DrawVersion:
+    """One stored version of a draw instruction; ``version_id`` grows and is never reused."""
+
+    version_id: int
+    instruction_id: str
+    kind: str
+    visible_time: int
+    definition_json: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the ``instruction_catalog_patch`` row shape."""
+        return {
+            "version_id": self.version_id,
+            "instruction_id": self.instruction_id,
+            "kind": self.kind,
+            "visible_time": self.visible_time,
+            "definition": json.loads(self.definition_json),
+        }
 
 
 class CandleStore(Protocol):
@@ -25,6 +66,15 @@ class CandleStore(Protocol):
     def read_since(self, series_id: str, since: int, limit: int) -> list[Candle]:
         """Return the first ``limit`` candles with ``candle_time > since``, oldest first."""
 
+    def read_rows(
+        self, series_id: str, since: int | None, limit: int
+    ) -> list[tuple[int, float, float, float, float, float]]:
+        """Return ``read_tail`` (``since`` None) or ``read_since`` as raw storage rows.
+
+        The HTTP read path encodes rows straight to JSON: building a frozen ``Candle`` per row
+        and then a dict from it cost most of a 500-candle read (see docs/performance.md).
+        """
+
     def read_range(self, series_id: str, start: int, end: int) -> list[Candle]:
         """Return all candles with ``start <= candle_time <= end``, oldest first."""
 
@@ -36,6 +86,44 @@ class CandleStore(Protocol):
 
     def series_ids(self) -> list[str]:
         """Return every series id that has candles, sorted."""
+
+    def save_factor_batch(
+        self,
+        series_id: str,
+        events: Sequence[FactorEvent],
+        snapshot: FactorSnapshot,
+        instructions: Sequence[Instruction],
+    ) -> list[DrawVersion]:
+        """Store one factor batch in one transaction; return the new draw versions.
+
+        Events are inserted or ignored by ``(series_id, factor_name, event_key)``; the snapshot
+        replaces the previous one; each instruction becomes a new version, in the given order.
+        """
+
+    def read_factor_snapshot(self, series_id: str) -> FactorSnapshot | None:
+        """Return the stored engine snapshot, or None before the first batch."""
+
+    def factor_head_time(self, series_id: str) -> int | None:
+        """Return the snapshot's ``head_time`` without reading the state itself."""
+
+    def read_factor_events(self, series_id: str, start: int, end: int) -> list[FactorEvent]:
+        """Return events with ``start <= candle_time <= end``, in insertion order per time."""
+
+    def read_latest_factor_event(
+        self, series_id: str, factor_name: str, kind: str, at_or_before: int
+    ) -> FactorEvent | None:
+        """Return the newest event of ``kind`` with ``candle_time <= at_or_before``."""
+
+    def read_draw_versions(
+        self, series_id: str, after_version_id: int, to_time: int, limit: int = DRAW_PATCH_LIMIT
+    ) -> list[DrawVersion]:
+        """Return versions with ``version_id > after``, ``visible_time <= to_time``, ascending."""
+
+    def last_draw_version(self, series_id: str) -> int:
+        """Return the series' newest draw ``version_id``, or 0 when it has none."""
+
+    def clear_factor_data(self, series_id: str) -> None:
+        """Delete the series' factor events, snapshot and draw versions (never its candles)."""
 
     def ping(self) -> None:
         """Raise if the store cannot serve a query right now."""

@@ -34,6 +34,9 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from trade_canvas.candles import Candle
 from trade_canvas.errors import ConfigError, Unavailable
+from trade_canvas.factors.draw import Instruction
+from trade_canvas.factors.events import FactorEvent
+from trade_canvas.storage import DRAW_PATCH_LIMIT, DrawVersion, FactorSnapshot
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +125,49 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(2, "candles hypertable when timescaledb is available", _make_hypertable),
+    Migration(
+        3,
+        "factor events, state snapshots and draw versions",
+        # JSON stays TEXT: the canonical text the engine wrote is what readers compare and send.
+        _statements(
+            """
+            CREATE TABLE IF NOT EXISTS {schema}.factor_events (
+                id BIGSERIAL PRIMARY KEY,
+                series_id TEXT COLLATE "C" NOT NULL,
+                factor_name TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                event_key TEXT NOT NULL,
+                candle_time BIGINT NOT NULL,
+                payload_json TEXT NOT NULL,
+                UNIQUE (series_id, factor_name, event_key)
+            )
+            """,
+            "CREATE INDEX IF NOT EXISTS factor_events_by_time "
+            "ON {schema}.factor_events (series_id, candle_time)",
+            "CREATE INDEX IF NOT EXISTS factor_events_by_kind "
+            "ON {schema}.factor_events (series_id, factor_name, kind, candle_time)",
+            """
+            CREATE TABLE IF NOT EXISTS {schema}.factor_state (
+                series_id TEXT COLLATE "C" PRIMARY KEY,
+                head_time BIGINT NOT NULL,
+                fingerprint TEXT NOT NULL,
+                state_json TEXT NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS {schema}.draw_versions (
+                version_id BIGSERIAL PRIMARY KEY,
+                series_id TEXT COLLATE "C" NOT NULL,
+                instruction_id TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                visible_time BIGINT NOT NULL,
+                definition_json TEXT NOT NULL
+            )
+            """,
+            "CREATE INDEX IF NOT EXISTS draw_versions_by_series "
+            "ON {schema}.draw_versions (series_id, version_id)",
+        ),
+    ),
 )
 assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
 
@@ -146,8 +192,9 @@ def redact_dsn(dsn: str) -> str:
 
 
 def _scrub(text: str, dsn: str) -> str:
+    # One line: libpq's messages carry "\n\tIs the server running..." style continuations.
     password = _dsn_password(dsn)
-    return text.replace(password, "***") if password else text
+    return " ".join((text.replace(password, "***") if password else text).split())
 
 
 def _dsn_password(dsn: str) -> str | None:
@@ -223,6 +270,60 @@ class _Queries:
         )
 
 
+class _FactorQueries:
+    """The factor ledger's SQL, rendered once for its schema."""
+
+    def __init__(self, schema: str) -> None:
+        def render(text: str) -> str:
+            return sql.SQL(text).format(schema=sql.Identifier(schema)).as_string(None)
+
+        events = "factor_name, kind, event_key, candle_time, payload_json"
+        versions = "version_id, instruction_id, kind, visible_time, definition_json"
+        self.insert_event = render(
+            "INSERT INTO {schema}.factor_events (series_id, " + events + ") "
+            "VALUES (%s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (series_id, factor_name, event_key) DO NOTHING"
+        )
+        self.upsert_state = render(
+            "INSERT INTO {schema}.factor_state (series_id, head_time, fingerprint, state_json) "
+            "VALUES (%s, %s, %s, %s) ON CONFLICT (series_id) DO UPDATE SET "
+            "head_time = EXCLUDED.head_time, fingerprint = EXCLUDED.fingerprint, "
+            "state_json = EXCLUDED.state_json"
+        )
+        # One statement for the whole batch; ids follow the ORDER BY, i.e. the given order.
+        self.insert_versions = render(
+            "INSERT INTO {schema}.draw_versions "
+            "(series_id, instruction_id, kind, visible_time, definition_json) "
+            "SELECT %s, i, k, v, d FROM unnest(%s::text[], %s::text[], %s::int8[], %s::text[]) "
+            "WITH ORDINALITY AS u(i, k, v, d, n) ORDER BY n RETURNING version_id"
+        )
+        self.state = render(
+            "SELECT head_time, fingerprint, state_json FROM {schema}.factor_state "
+            "WHERE series_id = %s"
+        )
+        self.head = render("SELECT head_time FROM {schema}.factor_state WHERE series_id = %s")
+        self.events = render(
+            "SELECT " + events + " FROM {schema}.factor_events WHERE series_id = %s "
+            "AND candle_time >= %s AND candle_time <= %s ORDER BY candle_time, id"
+        )
+        self.latest_event = render(
+            "SELECT " + events + " FROM {schema}.factor_events WHERE series_id = %s "
+            "AND factor_name = %s AND kind = %s AND candle_time <= %s "
+            "ORDER BY candle_time DESC, id DESC LIMIT 1"
+        )
+        self.versions = render(
+            "SELECT " + versions + " FROM {schema}.draw_versions WHERE series_id = %s "
+            "AND version_id > %s AND visible_time <= %s ORDER BY version_id LIMIT %s"
+        )
+        self.last_version = render(
+            "SELECT max(version_id) FROM {schema}.draw_versions WHERE series_id = %s"
+        )
+        self.clear = [
+            render("DELETE FROM {schema}." + table + " WHERE series_id = %s")
+            for table in ("factor_events", "factor_state", "draw_versions")
+        ]
+
+
 _STAGE_TABLE = (
     "CREATE TEMP TABLE IF NOT EXISTS tc_candles_in (candle_time BIGINT, open FLOAT8, "
     "high FLOAT8, low FLOAT8, close FLOAT8, volume FLOAT8) ON COMMIT DELETE ROWS"
@@ -259,6 +360,7 @@ class PostgresCandleStore:
         self._where = redact_dsn(dsn)
         self._closed = False
         self._queries = _Queries(schema)
+        self._factor = _FactorQueries(schema)
         self._connect_kwargs = _connect_kwargs(dsn, connect_timeout_s)
         self._migrate()
         self._pool = self._open_pool(pool_min_size, pool_max_size, connect_timeout_s)
@@ -358,16 +460,23 @@ class PostgresCandleStore:
     def _fetch(self, what: str, query: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
         return self._run(what, lambda conn: conn.execute(query, args).fetchall())
 
+    def read_rows(
+        self, series_id: str, since: int | None, limit: int
+    ) -> list[tuple[int, float, float, float, float, float]]:
+        """Return a tail (``since`` None) or since read as raw rows, oldest first."""
+        if since is None:
+            rows = self._fetch("read_tail", self._queries.tail, (series_id, limit))
+            rows.reverse()
+            return rows
+        return self._fetch("read_since", self._queries.since, (series_id, since, limit))
+
     def read_tail(self, series_id: str, limit: int) -> list[Candle]:
         """Return the newest ``limit`` candles, oldest first."""
-        rows = self._fetch("read_tail", self._queries.tail, (series_id, limit))
-        rows.reverse()
-        return [Candle(*row) for row in rows]
+        return [Candle(*row) for row in self.read_rows(series_id, None, limit)]
 
     def read_since(self, series_id: str, since: int, limit: int) -> list[Candle]:
         """Return the first ``limit`` candles with ``candle_time > since``, oldest first."""
-        rows = self._fetch("read_since", self._queries.since, (series_id, since, limit))
-        return [Candle(*row) for row in rows]
+        return [Candle(*row) for row in self.read_rows(series_id, since, limit)]
 
     def read_range(self, series_id: str, start: int, end: int) -> list[Candle]:
         """Return all candles with ``start <= candle_time <= end``, oldest first."""
@@ -386,6 +495,90 @@ class PostgresCandleStore:
     def series_ids(self) -> list[str]:
         """Return every series id that has candles, sorted bytewise."""
         return [row[0] for row in self._fetch("series_ids", self._queries.series_ids, ())]
+
+    def save_factor_batch(
+        self,
+        series_id: str,
+        events: Sequence[FactorEvent],
+        snapshot: FactorSnapshot,
+        instructions: Sequence[Instruction],
+    ) -> list[DrawVersion]:
+        """Store events (insert or ignore), snapshot and new draw versions in one transaction."""
+        rows = [
+            (series_id, e.factor_name, e.kind, e.event_key, e.candle_time, e.payload_json)
+            for e in events
+        ]
+        state = (series_id, snapshot.head_time, snapshot.fingerprint, snapshot.state_json)
+
+        def work(conn: Conn) -> list[DrawVersion]:
+            with conn.transaction(), conn.cursor() as cur:
+                if rows:
+                    cur.executemany(self._factor.insert_event, rows)
+                cur.execute(self._factor.upsert_state, state)
+                if not instructions:
+                    return []
+                cur.execute(self._factor.insert_versions, (
+                    series_id,
+                    [i.instruction_id for i in instructions], [i.kind for i in instructions],
+                    [i.visible_time for i in instructions],
+                    [i.definition_json for i in instructions],
+                ))
+                ids = sorted(int(row[0]) for row in cur.fetchall())
+            return [
+                DrawVersion(vid, i.instruction_id, i.kind, i.visible_time, i.definition_json)
+                for vid, i in zip(ids, instructions)
+            ]
+
+        return self._run("save_factor_batch", work)
+
+    def read_factor_snapshot(self, series_id: str) -> FactorSnapshot | None:
+        """Return the stored engine snapshot, or None before the first batch."""
+        rows = self._fetch("read_factor_snapshot", self._factor.state, (series_id,))
+        return FactorSnapshot(int(rows[0][0]), rows[0][1], rows[0][2]) if rows else None
+
+    def factor_head_time(self, series_id: str) -> int | None:
+        """Return the snapshot's ``head_time`` without reading the state itself."""
+        rows = self._fetch("factor_head_time", self._factor.head, (series_id,))
+        return int(rows[0][0]) if rows else None
+
+    def read_factor_events(self, series_id: str, start: int, end: int) -> list[FactorEvent]:
+        """Return events with ``start <= candle_time <= end``, in insertion order per time."""
+        rows = self._fetch("read_factor_events", self._factor.events, (series_id, start, end))
+        return [FactorEvent(r[0], r[1], r[2], int(r[3]), r[4]) for r in rows]
+
+    def read_latest_factor_event(
+        self, series_id: str, factor_name: str, kind: str, at_or_before: int
+    ) -> FactorEvent | None:
+        """Return the newest event of ``kind`` with ``candle_time <= at_or_before``."""
+        args = (series_id, factor_name, kind, at_or_before)
+        rows = self._fetch("read_latest_factor_event", self._factor.latest_event, args)
+        if not rows:
+            return None
+        row = rows[0]
+        return FactorEvent(row[0], row[1], row[2], int(row[3]), row[4])
+
+    def read_draw_versions(
+        self, series_id: str, after_version_id: int, to_time: int, limit: int = DRAW_PATCH_LIMIT
+    ) -> list[DrawVersion]:
+        """Return versions with ``version_id > after``, ``visible_time <= to_time``, ascending."""
+        args = (series_id, after_version_id, to_time, limit)
+        rows = self._fetch("read_draw_versions", self._factor.versions, args)
+        return [DrawVersion(int(r[0]), r[1], r[2], int(r[3]), r[4]) for r in rows]
+
+    def last_draw_version(self, series_id: str) -> int:
+        """Return the series' newest draw ``version_id``, or 0 when it has none."""
+        rows = self._fetch("last_draw_version", self._factor.last_version, (series_id,))
+        return int(rows[0][0] or 0)
+
+    def clear_factor_data(self, series_id: str) -> None:
+        """Delete the series' factor events, snapshot and draw versions (never its candles)."""
+
+        def work(conn: Conn) -> None:
+            with conn.transaction():
+                for query in self._factor.clear:
+                    conn.execute(query, (series_id,))
+
+        self._run("clear_factor_data", work)
 
     def ping(self) -> None:
         """Run ``SELECT 1``; raise Unavailable if the server cannot answer."""

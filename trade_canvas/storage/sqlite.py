@@ -12,12 +12,17 @@ import logging
 import os
 import sqlite3
 import threading
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 from trade_canvas.candles import Candle
 from trade_canvas.errors import Unavailable
+from trade_canvas.factors.draw import Instruction
+from trade_canvas.factors.events import FactorEvent
+from trade_canvas.storage import DRAW_PATCH_LIMIT, DrawVersion, FactorSnapshot
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _MIGRATIONS: tuple[str, ...] = (
     """
@@ -32,6 +37,42 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (series_id, candle_time)
     ) WITHOUT ROWID
     """,
+    """
+    CREATE TABLE IF NOT EXISTS factor_events (
+        id INTEGER PRIMARY KEY,
+        series_id TEXT NOT NULL,
+        factor_name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        event_key TEXT NOT NULL,
+        candle_time INTEGER NOT NULL,
+        payload_json TEXT NOT NULL,
+        UNIQUE (series_id, factor_name, event_key)
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS factor_events_by_time ON factor_events (series_id, candle_time)",
+    "CREATE INDEX IF NOT EXISTS factor_events_by_kind "
+    "ON factor_events (series_id, factor_name, kind, candle_time)",
+    """
+    CREATE TABLE IF NOT EXISTS factor_state (
+        series_id TEXT PRIMARY KEY,
+        head_time INTEGER NOT NULL,
+        fingerprint TEXT NOT NULL,
+        state_json TEXT NOT NULL
+    )
+    """,
+    # AUTOINCREMENT: a version id is never reused after a rebuild clears the table, so a
+    # client's old cursor can never skip new versions.
+    """
+    CREATE TABLE IF NOT EXISTS draw_versions (
+        version_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        series_id TEXT NOT NULL,
+        instruction_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        visible_time INTEGER NOT NULL,
+        definition_json TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS draw_versions_by_series ON draw_versions (series_id, version_id)",
 )
 
 _UPSERT = (
@@ -41,6 +82,21 @@ _UPSERT = (
     "high = excluded.high, low = excluded.low, close = excluded.close, volume = excluded.volume"
 )
 _COLUMNS = "candle_time, open, high, low, close, volume"
+_EVENT_COLUMNS = "factor_name, kind, event_key, candle_time, payload_json"
+_INSERT_EVENT = (
+    "INSERT INTO factor_events (series_id, " + _EVENT_COLUMNS + ") VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (series_id, factor_name, event_key) DO NOTHING"
+)
+_UPSERT_STATE = (
+    "INSERT INTO factor_state (series_id, head_time, fingerprint, state_json) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (series_id) DO UPDATE SET head_time = excluded.head_time, "
+    "fingerprint = excluded.fingerprint, state_json = excluded.state_json"
+)
+_INSERT_VERSION = (
+    "INSERT INTO draw_versions (series_id, instruction_id, kind, visible_time, definition_json) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
+_VERSION_COLUMNS = "version_id, instruction_id, kind, visible_time, definition_json"
 
 
 class SqliteCandleStore:
@@ -71,11 +127,15 @@ class SqliteCandleStore:
 
     def upsert_candles(self, series_id: str, candles: Sequence[Candle]) -> None:
         rows = [(series_id, *candle.to_row()) for candle in candles]
+        self._write(lambda conn: conn.executemany(_UPSERT, rows))
+
+    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.executemany(_UPSERT, rows)
+                result = work(self._conn)
                 self._conn.execute("COMMIT")
+                return result
             except BaseException:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
@@ -85,22 +145,28 @@ class SqliteCandleStore:
         with self._lock:
             return self._conn.execute(sql, args).fetchall()
 
-    def read_tail(self, series_id: str, limit: int) -> list[Candle]:
-        rows = self._query(
-            f"SELECT {_COLUMNS} FROM candles WHERE series_id = ? "
-            "ORDER BY candle_time DESC LIMIT ?",
-            (series_id, limit),
-        )
-        rows.reverse()
-        return [Candle(*row) for row in rows]
-
-    def read_since(self, series_id: str, since: int, limit: int) -> list[Candle]:
-        rows = self._query(
+    def read_rows(
+        self, series_id: str, since: int | None, limit: int
+    ) -> list[tuple[int, float, float, float, float, float]]:
+        if since is None:
+            rows = self._query(
+                f"SELECT {_COLUMNS} FROM candles WHERE series_id = ? "
+                "ORDER BY candle_time DESC LIMIT ?",
+                (series_id, limit),
+            )
+            rows.reverse()
+            return rows
+        return self._query(
             f"SELECT {_COLUMNS} FROM candles WHERE series_id = ? AND candle_time > ? "
             "ORDER BY candle_time LIMIT ?",
             (series_id, since, limit),
         )
-        return [Candle(*row) for row in rows]
+
+    def read_tail(self, series_id: str, limit: int) -> list[Candle]:
+        return [Candle(*row) for row in self.read_rows(series_id, None, limit)]
+
+    def read_since(self, series_id: str, since: int, limit: int) -> list[Candle]:
+        return [Candle(*row) for row in self.read_rows(series_id, since, limit)]
 
     def read_range(self, series_id: str, start: int, end: int) -> list[Candle]:
         rows = self._query(
@@ -121,6 +187,89 @@ class SqliteCandleStore:
     def series_ids(self) -> list[str]:
         rows = self._query("SELECT DISTINCT series_id FROM candles ORDER BY series_id", ())
         return [row[0] for row in rows]
+
+    def save_factor_batch(
+        self,
+        series_id: str,
+        events: Sequence[FactorEvent],
+        snapshot: FactorSnapshot,
+        instructions: Sequence[Instruction],
+    ) -> list[DrawVersion]:
+        rows = [
+            (series_id, e.factor_name, e.kind, e.event_key, e.candle_time, e.payload_json)
+            for e in events
+        ]
+
+        def work(conn: sqlite3.Connection) -> list[DrawVersion]:
+            conn.executemany(_INSERT_EVENT, rows)
+            conn.execute(
+                _UPSERT_STATE,
+                (series_id, snapshot.head_time, snapshot.fingerprint, snapshot.state_json),
+            )
+            versions = []
+            for ins in instructions:
+                cursor = conn.execute(_INSERT_VERSION, (
+                    series_id, ins.instruction_id, ins.kind, ins.visible_time, ins.definition_json
+                ))
+                versions.append(DrawVersion(
+                    int(cursor.lastrowid or 0), ins.instruction_id, ins.kind, ins.visible_time,
+                    ins.definition_json,
+                ))
+            return versions
+
+        return self._write(work)
+
+    def read_factor_snapshot(self, series_id: str) -> FactorSnapshot | None:
+        rows = self._query(
+            "SELECT head_time, fingerprint, state_json FROM factor_state WHERE series_id = ?",
+            (series_id,),
+        )
+        return FactorSnapshot(*rows[0]) if rows else None
+
+    def factor_head_time(self, series_id: str) -> int | None:
+        rows = self._query("SELECT head_time FROM factor_state WHERE series_id = ?", (series_id,))
+        return rows[0][0] if rows else None
+
+    def read_factor_events(self, series_id: str, start: int, end: int) -> list[FactorEvent]:
+        rows = self._query(
+            f"SELECT {_EVENT_COLUMNS} FROM factor_events WHERE series_id = ? "
+            "AND candle_time >= ? AND candle_time <= ? ORDER BY candle_time, id",
+            (series_id, start, end),
+        )
+        return [FactorEvent(*row) for row in rows]
+
+    def read_latest_factor_event(
+        self, series_id: str, factor_name: str, kind: str, at_or_before: int
+    ) -> FactorEvent | None:
+        rows = self._query(
+            f"SELECT {_EVENT_COLUMNS} FROM factor_events WHERE series_id = ? AND factor_name = ? "
+            "AND kind = ? AND candle_time <= ? ORDER BY candle_time DESC, id DESC LIMIT 1",
+            (series_id, factor_name, kind, at_or_before),
+        )
+        return FactorEvent(*rows[0]) if rows else None
+
+    def read_draw_versions(
+        self, series_id: str, after_version_id: int, to_time: int, limit: int = DRAW_PATCH_LIMIT
+    ) -> list[DrawVersion]:
+        rows = self._query(
+            f"SELECT {_VERSION_COLUMNS} FROM draw_versions WHERE series_id = ? "
+            "AND version_id > ? AND visible_time <= ? ORDER BY version_id LIMIT ?",
+            (series_id, after_version_id, to_time, limit),
+        )
+        return [DrawVersion(*row) for row in rows]
+
+    def last_draw_version(self, series_id: str) -> int:
+        rows = self._query(
+            "SELECT MAX(version_id) FROM draw_versions WHERE series_id = ?", (series_id,)
+        )
+        return int(rows[0][0] or 0)
+
+    def clear_factor_data(self, series_id: str) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            for table in ("factor_events", "factor_state", "draw_versions"):
+                conn.execute(f"DELETE FROM {table} WHERE series_id = ?", (series_id,))
+
+        self._write(work)
 
     def ping(self) -> None:
         try:

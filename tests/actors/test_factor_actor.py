@@ -1,0 +1,189 @@
+"""FactorActor: unstarted handlers on the in-memory store, then one started actor."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from typing import Any
+
+import pykka
+import pytest
+
+from tests.fakes.store import MemoryCandleStore
+from tests.unit.test_factor_engine import random_walk
+from trade_canvas.actors.child import ChildLink, ChildRecord
+from trade_canvas.actors.factor import FactorActor, FactorOptions
+from trade_canvas.actors.messages import Broadcast, CandlesStored
+from trade_canvas.factors import engine
+from trade_canvas.factors.engine import FactorParams
+from trade_canvas.series import parse_series_id
+
+SERIES = parse_series_id("binance:spot:BTC/USDT:1m")
+S = SERIES.text
+PARAMS = FactorParams(3, 1)
+OPTIONS = FactorOptions(PARAMS, "fp-1", rebuild=True, keep_candles=150, chunk=40)
+CANDLES = random_walk(7, 400)
+
+
+class Hub:
+    """Records what the actor tells the hub."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+    def tell(self, message: Any) -> None:
+        assert isinstance(message, Broadcast)
+        with self.lock:
+            self.messages.append(message.message)
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [m for m in self.messages if m["type"] == kind]
+
+
+def make_actor(store: MemoryCandleStore, hub: Hub, options: FactorOptions = OPTIONS) -> FactorActor:
+    record = ChildRecord(kind="factor", series_id=S, start=lambda link: None)  # type: ignore[arg-type,return-value]
+    lookup = lambda kind: hub if kind == "hub" else None  # noqa: E731
+    return FactorActor(SERIES, store, lookup, ChildLink(record, None), options)
+
+
+def drain(actor: FactorActor) -> int:
+    """Handle the continuation messages an unstarted actor told itself; return how many."""
+    count = 0
+    while not actor.actor_inbox.empty():
+        actor.on_receive(actor.actor_inbox.get_nowait().message)
+        count += 1
+    return count
+
+
+def ingest(store: MemoryCandleStore, actor: FactorActor, candles) -> None:
+    store.upsert_candles(S, candles)
+    actor.on_receive(CandlesStored(tuple(candles)))
+    drain(actor)
+
+
+def keys(events) -> list[tuple[str, str]]:
+    return [(e.factor_name, e.event_key) for e in events]
+
+
+def test_first_ingest_is_computed_in_chunks_without_rebuild_message() -> None:
+    store, hub = MemoryCandleStore(), Hub()
+    actor = make_actor(store, hub)
+    actor.on_start()
+    store.upsert_candles(S, CANDLES)
+    actor.on_receive(CandlesStored(tuple(CANDLES)))
+    assert drain(actor) == len(CANDLES) // OPTIONS.chunk + 1
+    state, events = engine.run(engine.initial_state(PARAMS), CANDLES, PARAMS)
+    assert keys(store.read_factor_events(S, 0, 10**9)) == keys(events)
+    assert store.read_factor_snapshot(S).head_time == CANDLES[-1].candle_time
+    assert engine.state_from_json(store.read_factor_snapshot(S).state_json) == state
+    assert hub.of_type("system") == []
+    deltas = hub.of_type("draw_delta")
+    assert len(deltas) == len(CANDLES) // OPTIONS.chunk
+    for before, after in zip(deltas, deltas[1:]):  # each push continues the previous cursor
+        assert after["from_version_id"] == before["next_cursor"]["version_id"]
+    assert deltas[-1]["to_candle_time"] == CANDLES[-1].candle_time
+    assert deltas[-1]["next_cursor"]["version_id"] == store.last_draw_version(S)
+    assert actor.status()["lag_seconds"] == 0
+
+
+def test_small_batches_fold_at_once_and_old_candles_are_skipped() -> None:
+    store, hub = MemoryCandleStore(), Hub()
+    actor = make_actor(store, hub)
+    actor.on_start()
+    for i in range(0, 200, 10):
+        ingest(store, actor, CANDLES[i:i + 10])
+    assert len(hub.of_type("draw_delta")) >= 15
+    ingest(store, actor, CANDLES[190:200])  # rewrite of folded history: ignored, counted
+    assert actor.status()["old_candles_skipped"] == 10
+    _, events = engine.run(engine.initial_state(PARAMS), CANDLES[:200], PARAMS)
+    assert keys(store.read_factor_events(S, 0, 10**9)) == keys(events)
+
+
+def test_restart_resumes_from_the_snapshot_and_catches_up() -> None:
+    store, hub = MemoryCandleStore(), Hub()
+    first = make_actor(store, hub)
+    first.on_start()
+    ingest(store, first, CANDLES[:250])
+    store.upsert_candles(S, CANDLES[250:])  # stored while the factor actor was down
+    batches = store.saved_batches
+    second = make_actor(store, hub)
+    second.on_start()
+    assert second.state.head_time == CANDLES[249].candle_time  # resumed, nothing replayed
+    assert second.status()["lag_candles"] == 150
+    drain(second)
+    assert store.saved_batches - batches == 150 // OPTIONS.chunk + 1
+    _, events = engine.run(engine.initial_state(PARAMS), CANDLES, PARAMS)
+    assert keys(store.read_factor_events(S, 0, 10**9)) == keys(events)
+    assert hub.of_type("system") == []
+
+
+def test_changed_fingerprint_rebuilds_from_newest_candles_once() -> None:
+    store, hub = MemoryCandleStore(), Hub()
+    first = make_actor(store, hub)
+    first.on_start()
+    ingest(store, first, CANDLES)
+    changed = dataclasses.replace(OPTIONS, fingerprint="fp-2")
+    actor = make_actor(store, hub, changed)
+    actor.on_start()
+    assert store.read_factor_snapshot(S) is None  # cleared, rebuild pending
+    drain(actor)
+    [message] = hub.of_type("system")
+    assert message["event"] == "factor.rebuild" and message["series_id"] == S
+    assert message["data"] == {"series_id": S, "fingerprint": "fp-2", "candles": 150}
+    _, events = engine.run(engine.initial_state(PARAMS), CANDLES[-150:], PARAMS)
+    assert keys(store.read_factor_events(S, 0, 10**9)) == keys(events)
+    assert store.read_factor_snapshot(S).fingerprint == "fp-2"
+    assert store.count(S) == len(CANDLES)  # candles are never deleted
+    again = make_actor(store, hub, changed)
+    again.on_start()
+    assert drain(again) == 0 and len(hub.of_type("system")) == 1
+
+
+def test_rebuild_off_continues_old_ledger_or_stalls_on_other_params() -> None:
+    store, hub = MemoryCandleStore(), Hub()
+    first = make_actor(store, hub)
+    first.on_start()
+    ingest(store, first, CANDLES[:200])
+    off = dataclasses.replace(OPTIONS, fingerprint="fp-2", rebuild=False)
+    actor = make_actor(store, hub, off)
+    actor.on_start()
+    ingest(store, actor, CANDLES[200:210])
+    assert store.read_factor_snapshot(S).fingerprint == "fp-1"
+    assert store.factor_head_time(S) == CANDLES[209].candle_time
+    other = dataclasses.replace(off, params=FactorParams(4, 1))
+    stalled = make_actor(store, hub, other)
+    stalled.on_start()
+    ingest(store, stalled, CANDLES[210:220])
+    assert store.factor_head_time(S) == CANDLES[209].candle_time
+    assert "pivot windows" in stalled.status()["stalled"]
+    assert hub.of_type("system") == []
+
+
+@pytest.fixture
+def started() -> Any:
+    refs: list[pykka.ActorRef[Any]] = []
+
+    def start(store: MemoryCandleStore, hub: Hub) -> pykka.ActorRef[Any]:
+        record = ChildRecord(kind="factor", series_id=S, start=lambda link: None)  # type: ignore[arg-type,return-value]
+        ref = FactorActor.start(SERIES, store, lambda kind: hub, ChildLink(record, None), OPTIONS)
+        refs.append(ref)
+        return ref
+
+    yield start
+    for ref in refs:
+        ref.stop()
+
+
+def test_started_actor_folds_stored_candles(started) -> None:
+    store, hub = MemoryCandleStore(), Hub()
+    ref = started(store, hub)
+    store.upsert_candles(S, CANDLES)
+    ref.tell(CandlesStored(tuple(CANDLES)))
+    deadline = time.monotonic() + 5
+    while store.factor_head_time(S) != CANDLES[-1].candle_time and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert store.factor_head_time(S) == CANDLES[-1].candle_time
+    assert hub.of_type("draw_delta")

@@ -1,0 +1,299 @@
+"""FactorActor: folds one series' stored candles through the factor engine, stores and pushes.
+
+Resume is O(1): ``on_start`` loads the series' engine snapshot and continues from its
+``head_time``; nothing is replayed. The snapshot carries the fingerprint of the logic that built
+it. When it differs from the running one and ``TRADE_CANVAS_ENABLE_FACTOR_FINGERPRINT_REBUILD``
+is on, the series' factor data (never its candles) is cleared and recomputed from the newest
+``TRADE_CANVAS_FACTOR_REBUILD_KEEP_CANDLES`` stored candles, then subscribers get a
+``factor.rebuild`` system message. A series without a snapshot is simply computed (no message).
+
+Long work (a rebuild, a first batch of thousands of candles, catching up after a restart) runs
+in chunks of ``chunk`` candles read from the store: after each chunk the actor yields
+(``time.sleep(0)``, a gevent switch in the server) and tells itself ``ContinueFactors``, so other
+series, ingest and requests run in between. ``CandlesStored`` arriving meanwhile only moves the
+store head; the chunk loop reads those candles from the store.
+
+Every batch is written in one transaction: the events, the new snapshot and the draw
+instructions whose definition changed (new versions). Then one ``draw_delta`` message goes to
+the hub, which encodes it once for all subscribers::
+
+    {"type": "draw_delta", "series_id": S, "schema_version": 1,
+     "to_candle_id": "S:T", "to_candle_time": T, "from_version_id": 41,
+     "active_ids": [...], "instruction_catalog_patch": [{version_id, instruction_id, kind,
+     visible_time, definition}], "series_points": {}, "next_cursor": {"version_id": 57,
+     "point_time": null}}
+
+A client whose cursor is not ``from_version_id`` missed something and asks
+``GET /api/draw/delta`` with its own cursor instead of applying the patch.
+
+Candles at or before the factor head (history rewrites, or candles the catch-up already read)
+are skipped and counted: the ledger is append-only, and a corrected old candle takes effect at
+the next rebuild (change ``TRADE_CANVAS_FACTOR_LOGIC_VERSION`` to force one). Recomputing from a
+rewritten candle would rewrite already-published events and break clients' cursors.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Sequence
+
+import pykka
+
+from trade_canvas.actors.child import ChildLink
+from trade_canvas.actors.messages import Broadcast, CandlesStored, ContinueFactors, Crash
+from trade_canvas.actors.store import RefLookup, tell
+from trade_canvas.candles import Candle
+from trade_canvas.config import Settings
+from trade_canvas.errors import InvalidInput
+from trade_canvas.factors import draw, engine
+from trade_canvas.factors.engine import FactorParams, FactorState
+from trade_canvas.factors.events import FactorEvent
+from trade_canvas.factors.fingerprint import fingerprint
+from trade_canvas.factors.slices import build_view
+from trade_canvas.series import SeriesId
+from trade_canvas.storage import CandleStore, DrawVersion, FactorSnapshot
+
+logger = logging.getLogger(__name__)
+
+CHUNK_CANDLES = 500
+# Candles behind the head whose instructions are rendered and versioned on each batch.
+DRAW_WINDOW_CANDLES = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class FactorOptions:
+    """What every factor actor of the process shares (the fingerprint is computed once)."""
+
+    params: FactorParams
+    fingerprint: str
+    rebuild: bool
+    keep_candles: int
+    chunk: int = CHUNK_CANDLES
+
+
+@functools.lru_cache(maxsize=4)
+def factor_options(settings: Settings) -> FactorOptions:
+    """Return the factor options of ``settings`` (hashing the factor sources once)."""
+    params = FactorParams(settings.factor_pivot_window_major, settings.factor_pivot_window_minor)
+    return FactorOptions(
+        params, fingerprint(params, settings.factor_logic_version),
+        settings.enable_factor_fingerprint_rebuild, settings.factor_rebuild_keep_candles,
+    )
+
+
+class FactorActor(pykka.ThreadingActor):
+    """Keeps one series' factor ledger, snapshot and draw versions level with its candles."""
+
+    def __init__(
+        self,
+        series: SeriesId,
+        store: CandleStore,
+        lookup: RefLookup,
+        link: ChildLink,
+        options: FactorOptions,
+    ) -> None:
+        super().__init__()
+        self.series = series
+        self.sid = series.text
+        self.step_s = series.timeframe.seconds
+        self.store = store
+        self.lookup = lookup
+        self.link = link
+        self.options = options
+        self.state = engine.initial_state(options.params)
+        self.fingerprint = options.fingerprint  # the one written with snapshots
+        self.store_head: int | None = None
+        self.drawn: dict[str, str] = {}
+        self.last_version = 0
+        self.cursor: int | None = None  # catching up: fold stored candles after this time
+        self.rebuilding = False
+        self.rebuild_folded = 0
+        self.rebuilds = 0
+        self.skipped_old = 0
+        self.stalled: str | None = None
+        link.record.extra = self.status
+
+    def status(self) -> dict[str, Any]:
+        """Return the status-board fields: heads, lag and what the actor is doing."""
+        head = self.state.head_time
+        lag = None if head is None or self.store_head is None else max(0, self.store_head - head)
+        return {
+            "head_time": head, "store_head_time": self.store_head, "lag_seconds": lag,
+            "lag_candles": None if lag is None else -(-lag // self.step_s),
+            "catching_up": self.cursor is not None, "rebuilding": self.rebuilding,
+            "rebuilds": self.rebuilds, "old_candles_skipped": self.skipped_old,
+            "stalled": self.stalled,
+        }
+
+    def on_start(self) -> None:
+        self.store_head = self.store.head_time(self.sid)
+        snapshot = self.store.read_factor_snapshot(self.sid)
+        if snapshot is None:
+            self._catch_up_from_tail()
+        elif not self._resume(snapshot):
+            self._start_rebuild()
+        elif self.stalled is None and (self.store_head or 0) > (self.state.head_time or 0):
+            self._schedule(self.state.head_time)
+        logger.info("factor actor %s started at head %s (store head %s)",
+                    self.sid, self.state.head_time, self.store_head)
+        self.link.started()
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.link.failed(exception_value)
+
+    def on_receive(self, message: Any) -> Any:
+        self.link.handled()
+        match message:
+            case CandlesStored():
+                return self._on_stored(message.candles)
+            case ContinueFactors():
+                return self._continue()
+            case Crash():
+                raise RuntimeError(f"crash requested: {message.reason}")
+        logger.warning("factor actor %s ignored %r", self.sid, message)
+        return None
+
+    # -- start: resume, rebuild or first computation
+
+    def _resume(self, snapshot: FactorSnapshot) -> bool:
+        """Load the snapshot; False when it must be rebuilt."""
+        matches = snapshot.fingerprint == self.options.fingerprint
+        if not matches and self.options.rebuild:
+            return False
+        try:
+            state = engine.state_from_json(snapshot.state_json)
+        except InvalidInput as exc:
+            return self._unusable(f"snapshot unreadable: {exc}")
+        if state.params != self.options.params:
+            return self._unusable("snapshot was built with other pivot windows")
+        if not matches:
+            logger.warning("factor logic of %s changed but rebuild is off; continuing the old "
+                           "ledger (TRADE_CANVAS_ENABLE_FACTOR_FINGERPRINT_REBUILD=0)", self.sid)
+            self.fingerprint = snapshot.fingerprint  # a later rebuild still sees the mismatch
+        self.state = state
+        self.last_version = self.store.last_draw_version(self.sid)
+        self.drawn = {i.instruction_id: i.definition_json for i in self._render(state, [])}
+        return True
+
+    def _unusable(self, reason: str) -> bool:
+        if self.options.rebuild:
+            return False
+        self.stalled = f"{reason}; enable TRADE_CANVAS_ENABLE_FACTOR_FINGERPRINT_REBUILD"
+        logger.error("factor actor %s stalled: %s", self.sid, self.stalled)
+        return True
+
+    def _start_rebuild(self) -> None:
+        self.store.clear_factor_data(self.sid)
+        self.rebuilding = True
+        self.rebuilds += 1
+        self.rebuild_folded = 0
+        logger.info("factor rebuild of %s started (fingerprint %s, newest %d candles)",
+                    self.sid, self.options.fingerprint[:12], self.options.keep_candles)
+        self._catch_up_from_tail()
+        if self.cursor is None:
+            self._finish_rebuild()
+
+    def _catch_up_from_tail(self) -> None:
+        self.state = engine.initial_state(self.options.params)
+        self.drawn = {}
+        self.last_version = self.store.last_draw_version(self.sid)
+        tail = self.store.read_tail(self.sid, self.options.keep_candles)
+        if tail:
+            self._schedule(tail[0].candle_time - 1)
+
+    def _finish_rebuild(self) -> None:
+        self.rebuilding = False
+        n = self.rebuild_folded
+        logger.info("factor rebuild of %s done: %d candles", self.sid, n)
+        tell(self.lookup("hub"), Broadcast({
+            "type": "system", "series_id": self.sid, "event": "factor.rebuild",
+            "message": f"factor logic changed; recomputed the newest {n} candles",
+            "data": {"series_id": self.sid, "fingerprint": self.fingerprint, "candles": n},
+        }))
+
+    # -- folding candles
+
+    def _schedule(self, after: int | None) -> None:
+        self.cursor = after
+        self.actor_ref.tell(ContinueFactors())
+
+    def _continue(self) -> None:
+        if self.cursor is None:
+            return
+        candles = self.store.read_since(self.sid, self.cursor, self.options.chunk)
+        if candles:
+            self._fold(candles)
+            self.cursor = candles[-1].candle_time
+            self.store_head = max(self.store_head or 0, self.cursor)
+        if len(candles) == self.options.chunk:
+            time.sleep(0)  # under gevent: let other actors and requests run between chunks
+            self.actor_ref.tell(ContinueFactors())
+            return
+        self.cursor = None
+        if self.rebuilding:
+            self._finish_rebuild()
+
+    def _on_stored(self, candles: Sequence[Candle]) -> None:
+        if not candles:
+            return
+        self.store_head = max(self.store_head or 0, candles[-1].candle_time)
+        if self.stalled is not None or self.cursor is not None:
+            return  # stalled, or the chunk loop will read these from the store
+        head = self.state.head_time
+        new = [c for c in candles if head is None or c.candle_time > head]
+        if len(new) < len(candles):
+            self.skipped_old += len(candles) - len(new)
+            logger.debug("factor actor %s skipped %d candles at or before head %s",
+                         self.sid, len(candles) - len(new), head)
+        if len(new) > self.options.chunk:
+            self._schedule(new[0].candle_time - 1)
+        elif new:
+            self._fold(new)
+
+    def _fold(self, candles: Sequence[Candle]) -> None:
+        state, events = engine.run(self.state, candles, self.options.params)
+        if state.head_time == self.state.head_time:
+            return
+        assert state.head_time is not None
+        current = self._render(state, events)
+        changed = draw.changed(self.drawn, current)
+        snapshot = FactorSnapshot(state.head_time, self.fingerprint, engine.state_to_json(state))
+        versions = self.store.save_factor_batch(self.sid, events, snapshot, changed)
+        self.state = state
+        self.drawn = {i.instruction_id: i.definition_json for i in current}
+        if self.rebuilding:
+            self.rebuild_folded += len(candles)
+            self.last_version = max([self.last_version] + [v.version_id for v in versions])
+        else:
+            self._push(state.head_time, current, versions)
+
+    def _render(
+        self, state: FactorState, new_events: Sequence[FactorEvent]
+    ) -> list[draw.Instruction]:
+        head = state.head_time
+        if head is None:
+            return []
+        start = head - DRAW_WINDOW_CANDLES * self.step_s
+        rows = self.store.read_factor_events(self.sid, start, head) + list(new_events)
+        return draw.render(build_view(head, rows, (), state), start)
+
+    def _push(
+        self, head: int, current: list[draw.Instruction], versions: list[DrawVersion]
+    ) -> None:
+        start = head - DRAW_WINDOW_CANDLES * self.step_s
+        body = draw.draw_delta_payload(
+            self.sid, head, self.last_version, [v.to_dict() for v in versions],
+            draw.active_ids(current, start, head),
+        )
+        message = {"type": "draw_delta", **body, "from_version_id": self.last_version}
+        self.last_version = body["next_cursor"]["version_id"]
+        tell(self.lookup("hub"), Broadcast(message))
