@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 import csv
 import io
+import zlib
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
@@ -168,6 +169,34 @@ def rebase(datasets: Iterable[Dataset], anchor_ms: int) -> list[Dataset]:
         shift = anchor_ms // DAY_MS * DAY_MS - start_day
         moved = tuple(replace(k, open_ms=k.open_ms + shift, close_ms=k.close_ms + shift) for k in data.klines)
         result.append(replace(data, klines=moved))
+    return result
+
+
+def synthesize_listed(datasets: Sequence[Dataset], exchange_info: dict[str, dict[str, Any]]) -> list[Dataset]:
+    """Return a synthetic dataset for every listed TRADING symbol that has no recording.
+
+    Each copies the klines of its market's finest recorded dataset(s) (spot: BTCUSDT 1m,
+    futures: XRPUSDT 5m + 1h) with prices scaled by a factor derived from the symbol name, so
+    every symbol has its own, deterministic, valid path. Used only with ``--synthesize-listed``
+    (the load benchmark needs hundreds of distinct streams; tests keep the recordings alone).
+    """
+    recorded = {(d.market, d.symbol) for d in datasets}
+    result = []
+    for market, body in exchange_info.items():
+        own = [d for d in datasets if d.market == market and d.interval in INTERVAL_MS]
+        if not own:
+            continue
+        finest = min(own, key=lambda d: (INTERVAL_MS[d.interval], d.symbol))
+        template = [d for d in own if d.symbol == finest.symbol]
+        for item in body.get("symbols", []):
+            symbol = item.get("symbol", "")
+            if item.get("status") != "TRADING" or "_" in symbol or (market, symbol) in recorded:
+                continue
+            scale = 0.5 + zlib.crc32(symbol.encode()) % 1000 / 1000
+            for data in template:
+                klines = tuple(replace(k, open=k.open * scale, high=k.high * scale, low=k.low * scale,
+                                       close=k.close * scale) for k in data.klines)
+                result.append(replace(data, symbol=symbol, klines=klines))
     return result
 
 

@@ -93,8 +93,12 @@ class ReplayState:
 # --- loading ---------------------------------------------------------------------------------
 
 
-def load_market(anchor_ms: int) -> mk.ReplayMarket:
-    """Load the packaged recordings, rebased so every symbol starts on ``anchor_ms``'s day."""
+def load_market(anchor_ms: int, synthesize_listed: bool = False) -> mk.ReplayMarket:
+    """Load the packaged recordings, rebased so every symbol starts on ``anchor_ms``'s day.
+
+    With ``synthesize_listed`` every listed TRADING symbol without a recording replays a
+    synthetic path derived from a recorded one (see ``market.synthesize_listed``).
+    """
     data = resources.files("trade_canvas.replay") / "data"
     datasets = []
     for entry in sorted(data.iterdir(), key=lambda e: e.name):
@@ -104,6 +108,8 @@ def load_market(anchor_ms: int) -> mk.ReplayMarket:
             datasets.append(mk.parse_kline_csv(text, market, symbol, interval))
     info = {m: orjson.loads((data / f"{m}_exchangeInfo.json").read_bytes()) for m in MARKET_PREFIXES}
     tickers = {m: orjson.loads((data / f"{m}_ticker_24hr.json").read_bytes()) for m in MARKET_PREFIXES}
+    if synthesize_listed:
+        datasets += mk.synthesize_listed(datasets, info)
     return mk.ReplayMarket(mk.rebase(datasets, anchor_ms), info, tickers)
 
 
@@ -695,6 +701,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="replay time at start (default: anchor + 1 day of history; 'now' anchor: now)")
     parser.add_argument("--paused", action="store_true", help="start with the clock paused")
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument(
+        "--synthesize-listed", action="store_true",
+        help="every listed TRADING symbol without a recording replays a synthetic path "
+        "derived from a recorded one (for load tests needing many distinct streams)",
+    )
     args = parser.parse_args(argv)
     if args.speed <= 0:
         parser.error("--speed must be > 0")
@@ -721,7 +732,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     anchor, start = _timeline(args)
     clock = mk.ReplayClock(start, time.monotonic(), args.speed, args.paused)
-    state = ReplayState(load_market(anchor), clock, clock)
+    state = ReplayState(load_market(anchor, args.synthesize_listed), clock, clock)
     server = pywsgi.WSGIServer((args.host, args.port), make_app(state), log=None)
     server.start()
     host, port = server.address[0], server.address[1]
