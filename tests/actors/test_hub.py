@@ -1,9 +1,10 @@
 """SubscriberHub handlers, called on an unstarted actor with an in-memory store."""
 
 import json
+import queue
 
 from trade_canvas.actors.child import ChildLink, ChildRecord
-from trade_canvas.actors.hub import HubState, Outbox, SubscriberHub
+from trade_canvas.actors.hub import HubState, Outbox, SubscriberHub, encode
 from trade_canvas.actors.messages import Broadcast, CandlesStored, PublishForming, Subscribe
 from trade_canvas.candles import Candle
 from trade_canvas.series import parse_series_id
@@ -26,13 +27,15 @@ def make_hub(store: MemoryCandleStore, clock=lambda: 0.0) -> SubscriberHub:
 
 def drain(outbox: Outbox) -> list[dict]:
     out = []
-    while outbox.pending():
-        frames = outbox.take(timeout=0)
+    while True:
+        try:
+            frames = outbox.take(timeout=0)
+        except queue.Empty:
+            return out
         if frames is None:
             out.append({"closed": outbox.close_code})
-            continue
-        out.extend(json.loads(f) for f in frames)
-    return out
+            return out
+        out.extend(json.loads(f.text) for f in frames)
 
 
 def test_catch_up_tail_then_live_without_duplicates() -> None:
@@ -142,3 +145,33 @@ def test_restarted_hub_catches_up_existing_subscribers_from_their_cursor() -> No
                            catchup_limit=100, forming_interval_s=0.25)
     reborn.on_start()
     assert [m["candle"]["candle_time"] for m in drain(box)] == [120, 180]
+
+
+def test_frames_are_encoded_once_and_framed_for_the_wire() -> None:
+    hub = make_hub(MemoryCandleStore())
+    boxes = [Outbox(10) for _ in range(3)]
+    for box in boxes:
+        hub.on_receive(Subscribe(box, None, False))
+    hub.on_receive(CandlesStored((c(60),)))
+    frames = [box.take(timeout=0)[0] for box in boxes]
+    assert frames[0] is frames[1] is frames[2]
+    wire = frames[0].wire()
+    payload = frames[0].text.encode()
+    assert wire[0] == 0x81 and wire[1] == 126 and wire[2:4] == len(payload).to_bytes(2, "big")
+    assert wire[4:] == payload
+    small = encode({"a": 1}).wire()
+    assert small == bytes((0x81, 7)) + b'{"a":1}'
+    big = encode({"x": "y" * 70000}).wire()
+    assert big[1] == 127 and int.from_bytes(big[2:10], "big") == len(big) - 10
+    mid = encode({"x": "y" * 300}).wire()
+    assert mid[1] == 126 and int.from_bytes(mid[2:4], "big") == len(mid) - 4
+
+
+def test_take_returns_everything_pending_then_none_after_close() -> None:
+    box = Outbox(10)
+    box.offer([encode({"n": 1})])
+    box.offer([encode({"n": 2}), encode({"n": 3})])
+    box.close("server_shutdown")
+    assert [json.loads(f.text)["n"] for f in box.take(timeout=0)] == [1, 2, 3]
+    assert box.take(timeout=0) is None
+    assert box.offer([encode({"n": 4})]) is False

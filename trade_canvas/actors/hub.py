@@ -13,9 +13,11 @@ the source of truth, and nothing a subscriber missed while the hub was down is l
 from __future__ import annotations
 
 import bisect
+import collections
 import itertools
 import logging
 import queue
+import threading
 import time
 from dataclasses import dataclass
 from types import TracebackType
@@ -43,13 +45,46 @@ _ids = itertools.count(1)
 _CLOSE = object()
 
 
-def encode(message: dict[str, Any]) -> str:
-    """Encode one server message as a text frame."""
-    return orjson.dumps(message).decode()
+class Frame:
+    """One server message, encoded once and shared by every subscriber it goes to.
+
+    ``wire()`` is the complete WebSocket text frame (RFC 6455, server to client: unmasked, no
+    compression), built on first use and then reused, so fanning a message out to N sockets
+    costs N socket writes, not N JSON encodings and N frame builds.
+    """
+
+    __slots__ = ("text", "_wire")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._wire: bytes | None = None
+
+    def wire(self) -> bytes:
+        """Return the WebSocket frame bytes of this message."""
+        if self._wire is None:
+            payload = self.text.encode()
+            size = len(payload)
+            if size < 126:
+                header = bytes((0x81, size))
+            elif size < 65536:
+                header = bytes((0x81, 126)) + size.to_bytes(2, "big")
+            else:
+                header = bytes((0x81, 127)) + size.to_bytes(8, "big")
+            self._wire = header + payload
+        return self._wire
+
+
+def encode(message: dict[str, Any]) -> Frame:
+    """Encode one server message."""
+    return Frame(orjson.dumps(message).decode())
 
 
 class Outbox:
-    """One connection's bounded send queue; items are tuples of frames sent back to back."""
+    """One connection's bounded send queue; each item is the frames of one publish.
+
+    A plain deque and an event rather than ``queue.Queue``: offering is the per-subscriber step
+    of every fan-out, so it must be a bounds check, an append and a wake-up, nothing more.
+    """
 
     def __init__(self, limit: int) -> None:
         self.id = next(_ids)
@@ -58,13 +93,14 @@ class Outbox:
         self.close_code: str | None = None
         self.series: set[str] = set()
         self.acquired: set[str] = set()  # series whose live feed this connection holds a ref on
-        self._queue: queue.Queue[Any] = queue.Queue()
+        self._items: collections.deque[Any] = collections.deque()
+        self._ready = threading.Event()
 
-    def offer(self, frames: Sequence[str]) -> bool:
+    def offer(self, frames: Sequence[Frame]) -> bool:
         """Queue frames; False if the connection is closed or was just dropped as too slow."""
         if self.closed:
             return False
-        if self._queue.qsize() >= self.limit:
+        if len(self._items) >= self.limit:
             self.close(
                 "slow_consumer",
                 encode(
@@ -76,36 +112,46 @@ class Outbox:
                 ),
             )
             return False
-        self._queue.put_nowait(tuple(frames))
+        self._items.append(tuple(frames))
+        self._ready.set()
         return True
 
-    def close(self, code: str | None = None, last_frame: str | None = None) -> None:
+    def close(self, code: str | None = None, last_frame: Frame | None = None) -> None:
         """Stop accepting frames; pending ones are discarded if ``last_frame`` is given."""
         if self.closed:
             return
         self.closed = True
         self.close_code = code
         if last_frame is not None:
-            while True:
-                try:
-                    self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            self._queue.put_nowait((last_frame,))
-        self._queue.put_nowait(_CLOSE)
+            self._items.clear()
+            self._items.append((last_frame,))
+        self._items.append(_CLOSE)
+        self._ready.set()
 
-    def take(self, timeout: float | None = None) -> tuple[str, ...] | None:
-        """Return the next frames to send, or None once the outbox is closed.
+    def take(self, timeout: float | None = None) -> list[Frame] | None:
+        """Return every frame queued so far (at least one), or None once closed and drained.
 
         Raises:
             queue.Empty: nothing arrived within ``timeout``.
         """
-        item = self._queue.get(timeout=timeout)
-        return None if item is _CLOSE else item
+        if not self._items:
+            self._ready.clear()
+            if not self._items and not self._ready.wait(timeout):
+                raise queue.Empty
+        frames: list[Frame] = []
+        while self._items:
+            item = self._items.popleft()
+            if item is _CLOSE:
+                if frames:
+                    self._items.appendleft(item)
+                    return frames
+                return None
+            frames.extend(item)
+        return frames
 
     def pending(self) -> int:
-        """Return how many items wait to be sent."""
-        return self._queue.qsize()
+        """Return how many publishes wait to be sent."""
+        return len(self._items)
 
 
 @dataclass(eq=False)
@@ -195,7 +241,7 @@ class SubscriberHub(pykka.ThreadingActor):
             candles = self.store.read_tail(sid, self.catchup_limit)
         else:
             candles = self.store.read_since(sid, since, self.catchup_limit)
-        frames: list[str] = []
+        frames: list[Frame] = []
         if candles and since is not None and since > 0 and candles[0].candle_time > since + self.step:
             frames.append(self._gap_frame(since + self.step, candles[0].candle_time))
         if candles:
@@ -210,7 +256,7 @@ class SubscriberHub(pykka.ThreadingActor):
         if not candles:
             return
         times = [c.candle_time for c in candles]
-        memo: dict[tuple[int, int | None, bool], list[str]] = {}
+        memo: dict[tuple[int, int | None, bool], list[Frame]] = {}
         for sub in list(self.state.subscriptions.values()):
             start = 0 if sub.cursor is None else bisect.bisect_right(times, sub.cursor)
             if start >= len(candles):
@@ -229,7 +275,7 @@ class SubscriberHub(pykka.ThreadingActor):
 
     def _live_frames(
         self, candles: Sequence[Candle], gap_after: int | None, supports_batch: bool
-    ) -> list[str]:
+    ) -> list[Frame]:
         frames = []
         if gap_after is not None:
             frames.append(self._gap_frame(gap_after + self.step, candles[0].candle_time))
@@ -238,7 +284,7 @@ class SubscriberHub(pykka.ThreadingActor):
 
     def _candle_frames(
         self, candles: Sequence[Candle], supports_batch: bool, *, internal_gaps: bool
-    ) -> list[str]:
+    ) -> list[Frame]:
         sid = self.series.text
         if supports_batch and len(candles) > 1:
             return [encode({"type": "candles_batch", "series_id": sid,
@@ -252,7 +298,7 @@ class SubscriberHub(pykka.ThreadingActor):
             previous = candle.candle_time
         return frames
 
-    def _gap_frame(self, expected: int, actual: int) -> str:
+    def _gap_frame(self, expected: int, actual: int) -> Frame:
         return encode({"type": "gap", "series_id": self.series.text,
                        "expected_next_time": expected, "actual_time": actual})
 

@@ -131,9 +131,11 @@ class Supervisor(pykka.ThreadingActor):
         if group is not None:
             return group
         group = SeriesGroup(series)
-        self.groups[series.text] = group
         for kind, start in self.blueprint(series, group).items():
             self._add_child(group, kind, start)
+        # Published only once every child has a ref: the facade reads this dict without asking,
+        # and starting a child can yield to request greenlets under gevent.
+        self.groups[series.text] = group
         logger.info("series %s started (%s)", series.text, ", ".join(group.children))
         return group
 

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable
 import orjson
 import simple_websocket
 
+from trade_canvas.actors.hub import Frame, encode
 from trade_canvas.errors import TradeCanvasError
 from trade_canvas.runtime.system import Runtime
 from trade_canvas.series import SeriesId, parse_series_id
@@ -93,8 +94,8 @@ def _subscribe(message: dict[str, Any]) -> SubscribeCommand:
     return SubscribeCommand(series, since, bool(batch))
 
 
-def _error(code: str, message: str, **extra: Any) -> str:
-    return orjson.dumps({"type": "error", "code": code, "message": message, **extra}).decode()
+def _error(code: str, message: str, **extra: Any) -> Frame:
+    return encode({"type": "error", "code": code, "message": message, **extra})
 
 
 class _WholeFrameSocket:
@@ -162,13 +163,16 @@ class MarketSocket:
 
     @staticmethod
     def _pump(ws: simple_websocket.Server, outbox: Any) -> None:
+        # Frames arrive already framed for the wire (Frame.wire, shared by every subscriber);
+        # everything pending goes out in one write through the socket's locked sendall.
         try:
             while True:
                 frames = outbox.take()
                 if frames is None:
                     break
-                for frame in frames:
-                    ws.send(frame)
+                if not ws.connected:
+                    break
+                ws.sock.send(b"".join(frame.wire() for frame in frames))
             code = {"slow_consumer": 1008, "server_shutdown": 1001}.get(outbox.close_code or "")
             if code is not None and ws.connected:
                 ws.close(code, outbox.close_code)
