@@ -68,9 +68,12 @@ def _read(sockets: list[Any], logs: list[SocketLog], pipe: Connection, supports_
     clock, loads = time.monotonic, orjson.loads
     deadline = clock() + MAX_LIFETIME_S
     while clock() < deadline:
-        for key, _ in selector.select(0.02):
+        ready = selector.select(0.02)
+        # One stamp per wake-up: the data of every ready socket was in its buffer by then, so
+        # the time this process spends parsing earlier sockets is not charged to later ones.
+        received_at = clock()
+        for key, _ in ready:
             index, sock = key.data, key.fileobj
-            received_at = clock()
             try:
                 data = sock.recv(1 << 20)
             except BlockingIOError:

@@ -108,6 +108,10 @@ class FactorActor(pykka.ThreadingActor):
         self.fingerprint = options.fingerprint  # the one written with snapshots
         self.store_head: int | None = None
         self.drawn: dict[str, str] = {}
+        # Events of the draw window, kept in memory so a closed candle does not re-read the
+        # window's ledger from the store; loaded once on resume, appended as candles fold.
+        self.window: list[FactorEvent] = []
+        self.pushed_active: list[str] | None = None
         self.last_version = 0
         self.cursor: int | None = None  # catching up: fold stored candles after this time
         self.rebuilding = False
@@ -181,6 +185,9 @@ class FactorActor(pykka.ThreadingActor):
             self.fingerprint = snapshot.fingerprint  # a later rebuild still sees the mismatch
         self.state = state
         self.last_version = self.store.last_draw_version(self.sid)
+        if state.head_time is not None:
+            start = state.head_time - DRAW_WINDOW_CANDLES * self.step_s
+            self.window = self.store.read_factor_events(self.sid, start, state.head_time)
         self.drawn = {i.instruction_id: i.definition_json for i in self._render(state, [])}
         return True
 
@@ -205,6 +212,7 @@ class FactorActor(pykka.ThreadingActor):
     def _catch_up_from_tail(self) -> None:
         self.state = engine.initial_state(self.options.params)
         self.drawn = {}
+        self.window = []
         self.last_version = self.store.last_draw_version(self.sid)
         tail = self.store.read_tail(self.sid, self.options.keep_candles)
         if tail:
@@ -270,6 +278,8 @@ class FactorActor(pykka.ThreadingActor):
         versions = self.store.save_factor_batch(self.sid, events, snapshot, changed)
         self.state = state
         self.drawn = {i.instruction_id: i.definition_json for i in current}
+        start = state.head_time - DRAW_WINDOW_CANDLES * self.step_s
+        self.window = [e for e in (*self.window, *events) if e.candle_time >= start]
         if self.rebuilding:
             self.rebuild_folded += len(candles)
             self.last_version = max([self.last_version] + [v.version_id for v in versions])
@@ -283,16 +293,19 @@ class FactorActor(pykka.ThreadingActor):
         if head is None:
             return []
         start = head - DRAW_WINDOW_CANDLES * self.step_s
-        rows = self.store.read_factor_events(self.sid, start, head) + list(new_events)
+        rows = [e for e in self.window if start <= e.candle_time <= head] + list(new_events)
         return draw.render(build_view(head, rows, (), state), start)
 
     def _push(
         self, head: int, current: list[draw.Instruction], versions: list[DrawVersion]
     ) -> None:
         start = head - DRAW_WINDOW_CANDLES * self.step_s
+        active = draw.active_ids(current, start, head)
+        if not versions and active == self.pushed_active:
+            return  # nothing a subscriber's overlay would change: no message at all
+        self.pushed_active = active
         body = draw.draw_delta_payload(
-            self.sid, head, self.last_version, [v.to_dict() for v in versions],
-            draw.active_ids(current, start, head),
+            self.sid, head, self.last_version, [v.to_dict() for v in versions], active,
         )
         message = {"type": "draw_delta", **body, "from_version_id": self.last_version}
         self.last_version = body["next_cursor"]["version_id"]
