@@ -92,6 +92,9 @@ def parse_candle(raw: object, timeframe: Timeframe, now: int) -> Candle:
             open and close, a time not aligned to the timeframe or more than one timeframe
             in the future.
     """
+    fast = _parse_plain(raw, timeframe.seconds, now)
+    if fast is not None:
+        return fast
     if not isinstance(raw, Mapping):
         raise InvalidInput("candle must be an object")
     candle_time = _candle_time(raw)
@@ -109,6 +112,32 @@ def parse_candle(raw: object, timeframe: Timeframe, now: int) -> Candle:
             f"candle.candle_time {candle_time} is more than one timeframe in the future"
         )
     return Candle(candle_time, open_, high, low, close, volume)
+
+
+_NUMBER_TYPES = (int, float)
+_isfinite = math.isfinite
+
+
+def _parse_plain(raw: object, step: int, now: int) -> Candle | None:
+    """Accept the common, valid shape in one pass; None sends the caller to the checks that
+    explain what is wrong (batch ingest validates thousands of candles per request)."""
+    if type(raw) is not dict:
+        return None
+    try:
+        t, o, h, lo, c, v = (raw["candle_time"], raw["open"], raw["high"], raw["low"],
+                             raw["close"], raw["volume"])
+    except KeyError:
+        return None
+    if type(t) is not int or not (type(o) in _NUMBER_TYPES and type(h) in _NUMBER_TYPES
+                                  and type(lo) in _NUMBER_TYPES and type(c) in _NUMBER_TYPES
+                                  and type(v) in _NUMBER_TYPES):
+        return None
+    o, h, lo, c, v = float(o), float(h), float(lo), float(c), float(v)
+    if not (_isfinite(o) and _isfinite(h) and _isfinite(lo) and _isfinite(c) and _isfinite(v)):
+        return None
+    if t < 0 or v < 0 or t % step or t > now + step or not (lo <= o <= h and lo <= c <= h):
+        return None
+    return Candle(t, o, h, lo, c, v)
 
 
 def parse_candles(raw: object, timeframe: Timeframe, now: int, max_count: int) -> list[Candle]:
