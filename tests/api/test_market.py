@@ -168,3 +168,18 @@ def test_unknown_route_and_method_are_json(client) -> None:
 def test_plain_get_on_websocket_path_explains(client) -> None:
     result = client.simulate_get("/ws/market")
     assert result.status_code == 400 and "WebSocket" in result.json["detail"]
+
+
+def test_repeated_reads_see_every_new_write(client) -> None:
+    base = NOW - NOW % 60 - 600
+    params = {"series_id": S, "limit": 3}
+    for i in range(4):
+        ingest(client, base + 60 * i, close=1.0 + i / 10)
+        first = client.simulate_get("/api/market/candles", params=params).json
+        again = client.simulate_get("/api/market/candles", params=params).json
+        assert first == again
+        assert first["server_head_time"] == base + 60 * i
+    ingest(client, base, close=1.9)  # an overwrite keeps the head but must still show
+    body = client.simulate_get("/api/market/candles", params={"series_id": S, "limit": 5}).json
+    assert body["candles"][0]["close"] == 1.9
+    assert client.simulate_get("/api/runtime/actors").json["read_cache"]["hits"] >= 4

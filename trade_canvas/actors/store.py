@@ -22,13 +22,19 @@ class StoreActor(pykka.ThreadingActor):
     """Writes closed candles of one series, then tells the hub (and later the factor actor)."""
 
     def __init__(
-        self, series: SeriesId, store: CandleStore, lookup: RefLookup, link: ChildLink
+        self,
+        series: SeriesId,
+        store: CandleStore,
+        lookup: RefLookup,
+        link: ChildLink,
+        on_written: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__()
         self.series = series
         self.store = store
         self.lookup = lookup
         self.link = link
+        self.on_written = on_written
 
     def on_start(self) -> None:
         self.link.started()
@@ -53,6 +59,8 @@ class StoreActor(pykka.ThreadingActor):
 
     def _store(self, message: StoreCandles) -> int:
         self.store.upsert_candles(self.series.text, message.candles)
+        if self.on_written is not None:
+            self.on_written(self.series.text)
         if message.publish:
             stored = CandlesStored(message.candles)
             for kind in ("hub", "factor"):

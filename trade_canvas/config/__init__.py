@@ -119,6 +119,8 @@ class Settings:
     ws_send_queue_max: int = setting(
         "WS_SEND_QUEUE_MAX", _int(1), 1000,
         "messages a WebSocket client may fall behind before it is dropped as slow_consumer")
+    read_cache_mb: int = setting("READ_CACHE_MB", _int(0, 4096), 64,
+                                 "memory for encoded candle-read responses (0 disables the cache)")
     log_level: str = setting("LOG_LEVEL", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR")
     ingest_timeout_s: float = setting("INGEST_TIMEOUT_S", _float(0.1), 10.0,
                                       "how long an HTTP write waits for the store actor")

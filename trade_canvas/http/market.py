@@ -36,7 +36,8 @@ class Candles:
         since = query_int(req, "since", default=None, minimum=0)
         limit = query_int(req, "limit", default=500, minimum=1, maximum=MAX_READ_LIMIT)
         assert limit is not None
-        resp.media = self.runtime.read_candles(series.text, since, limit)
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = self.runtime.candles_json(series.text, since, limit)
 
 
 class CandleClosed:

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, NoReturn, Sequence
 
+import orjson
 import pykka
 
 from trade_canvas import __version__
@@ -44,6 +45,7 @@ from trade_canvas.errors import ConfigError, InvalidInput, TradeCanvasError, Una
 from trade_canvas.exchanges import binance
 from trade_canvas.lifecycle import FeedDemand, FeedJob
 from trade_canvas.runtime import factor_reads
+from trade_canvas.runtime.cache import ResponseCache, WriteGenerations
 from trade_canvas.runtime.backtest import Backtests, start_backtests
 from trade_canvas.runtime.top_markets import TopMarkets, start_top_markets
 from trade_canvas.series import SeriesId, parse_series_id
@@ -70,6 +72,8 @@ class Runtime:
     stopping: threading.Event = field(default_factory=threading.Event)
     connections: dict[int, Outbox] = field(default_factory=dict)
     store_closed: bool = False
+    generations: WriteGenerations = field(default_factory=WriteGenerations)
+    read_cache: ResponseCache = field(default_factory=lambda: ResponseCache(64 << 20))
     backtests: Backtests | None = None  # started last in boot, stopped first
     top_markets: TopMarkets | None = None  # a supervised process-wide child
 
@@ -107,6 +111,16 @@ class Runtime:
     def publish_forming(self, series: SeriesId, candle: Candle) -> None:
         """Show a forming candle to the series' subscribers."""
         tell(self._ref(series, "hub"), PublishForming(candle))
+
+    def candles_json(self, series_id: str, since: int | None, limit: int) -> bytes:
+        """Return the encoded candles payload, from the response cache when still current."""
+        key = (series_id, since, limit)
+        generation = self.generations.get(series_id)
+        body = self.read_cache.get(key, generation)
+        if body is None:
+            body = orjson.dumps(self.read_candles(series_id, since, limit))
+            self.read_cache.put(key, generation, body)
+        return body
 
     def read_candles(self, series_id: str, since: int | None, limit: int) -> dict[str, Any]:
         """Return the HTTP candles payload (tail without ``since``; ``since`` is exclusive)."""
@@ -221,6 +235,7 @@ class Runtime:
             "counts_by_kind": counts,
             "series_count": len({v["series_id"] for v in actors if v["series_id"]}),
             "websocket_connections": len(self.connections),
+            "read_cache": self.read_cache.snapshot(),
             "actors": actors,
         }
 
@@ -282,7 +297,9 @@ def open_store(settings: Settings) -> CandleStore:
     return SqliteCandleStore(settings.db_path)
 
 
-def make_blueprint(settings: Settings, store: CandleStore) -> Callable[..., dict[str, Any]]:
+def make_blueprint(
+    settings: Settings, store: CandleStore, generations: WriteGenerations
+) -> Callable[..., dict[str, Any]]:
     """Return how a series group is built: one line per actor kind, in start order."""
 
     def blueprint(series: SeriesId, group: SeriesGroup) -> dict[str, Any]:
@@ -294,7 +311,7 @@ def make_blueprint(settings: Settings, store: CandleStore) -> Callable[..., dict
                 catchup_limit=settings.market_ws_catchup_limit,
                 forming_interval_s=settings.market_forming_min_interval_ms / 1000.0,
             ),
-            "store": lambda link: StoreActor.start(series, store, group.ref, link),
+            "store": lambda link: StoreActor.start(series, store, group.ref, link, generations.bump),
             "factor": lambda link: FactorActor.start(series, store, group.ref, link, factor),
         }
 
@@ -374,14 +391,19 @@ def boot(settings: Settings, clock: Callable[[], float] = time.time) -> Runtime:
         timeout_s=settings.binance_rest_timeout_s,
     )
     globals_group = SeriesGroup(None)
+    generations = WriteGenerations()
     supervisor = Supervisor.start(
-        make_blueprint(settings, store), board, groups,
+        make_blueprint(settings, store, generations), board, groups,
         globals_group=globals_group,
         feed_blueprint=make_feed_blueprint(settings, store, rest, globals_group),
         demand=FeedDemand(settings.ondemand_max_jobs),
         idle_ttl_s=settings.ondemand_idle_ttl_s,
     )
-    runtime = Runtime(settings, store, board, supervisor, whitelist, groups, rest, clock=clock)
+    runtime = Runtime(
+        settings, store, board, supervisor, whitelist, groups, rest, clock=clock,
+        generations=generations,
+        read_cache=ResponseCache(settings.read_cache_mb << 20),
+    )
     _start_ticker(runtime)
     _start_feeds(runtime)
     runtime.top_markets = start_top_markets(settings, rest, supervisor, globals_group)
