@@ -175,3 +175,30 @@ def test_take_returns_everything_pending_then_none_after_close() -> None:
     assert [json.loads(f.text)["n"] for f in box.take(timeout=0)] == [1, 2, 3]
     assert box.take(timeout=0) is None
     assert box.offer([encode({"n": 4})]) is False
+
+
+def test_direct_writes_skip_the_queue_and_keep_order() -> None:
+    written: list[bytes] = []
+    budget = [10_000]
+
+    def direct(data: bytes) -> int:  # a socket whose kernel buffer holds ``budget`` bytes
+        n = max(0, min(len(data), budget[0]))
+        budget[0] -= n
+        written.append(data[:n])
+        return n
+
+    box = Outbox(10)
+    box.direct = direct
+    first, second, third = encode({"n": 1}), encode({"n": 2}), encode({"n": 3})
+    assert box.offer([first]) and box.pending() == 0  # idle connection: written at once
+    budget[0] = 5  # the buffer fills mid-frame
+    assert box.offer([second]) and box.pending() == 1
+    assert box.offer([third]) and box.pending() == 2  # queued behind the remainder
+    budget[0] = 10_000
+    queued = box.take(timeout=0)
+    assert b"".join(written) + b"".join(f.wire() for f in queued) == (
+        first.wire() + second.wire() + third.wire()
+    )
+    assert box.offer([encode({"n": 4})]) and box.pending() == 1  # writer busy: queue
+    box.sent()
+    assert box.offer([encode({"n": 5})]) and box.pending() == 2  # backlog still goes first

@@ -79,11 +79,30 @@ def encode(message: dict[str, Any]) -> Frame:
     return Frame(orjson.dumps(message).decode())
 
 
+class _Remainder:
+    """The unsent end of a direct write, queued for the connection's writer."""
+
+    __slots__ = ("data", "text")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.text = ""
+
+    def wire(self) -> bytes:
+        return self.data
+
+
 class Outbox:
     """One connection's bounded send queue; each item is the frames of one publish.
 
     A plain deque and an event rather than ``queue.Queue``: offering is the per-subscriber step
     of every fan-out, so it must be a bounds check, an append and a wake-up, nothing more.
+
+    When the socket layer sets ``direct`` (a write that never waits: it sends what the kernel
+    buffer takes and returns the byte count), an offer to an idle connection writes at once, and
+    only what the socket would not take is queued for the writer. A client that keeps up then
+    costs one system call per message, with no writer wake-up; a slow one still fills its queue
+    and is dropped, never waited on.
     """
 
     def __init__(self, limit: int) -> None:
@@ -95,11 +114,19 @@ class Outbox:
         self.acquired: set[str] = set()  # series whose live feed this connection holds a ref on
         self._items: collections.deque[Any] = collections.deque()
         self._ready = threading.Event()
+        self._sending = False
+        self.direct: Callable[[bytes], int] | None = None
 
     def offer(self, frames: Sequence[Frame]) -> bool:
         """Queue frames; False if the connection is closed or was just dropped as too slow."""
         if self.closed:
             return False
+        if self.direct is not None and not self._items and not self._sending:
+            data = b"".join(frame.wire() for frame in frames)
+            sent = self.direct(data)
+            if sent >= len(data):
+                return True
+            frames = (_Remainder(data[sent:]),)  # type: ignore[assignment]
         if len(self._items) >= self.limit:
             self.close(
                 "slow_consumer",
@@ -144,10 +171,15 @@ class Outbox:
             if item is _CLOSE:
                 if frames:
                     self._items.appendleft(item)
-                    return frames
+                    break
                 return None
             frames.extend(item)
+        self._sending = True
         return frames
+
+    def sent(self) -> None:
+        """The writer finished sending what ``take`` returned."""
+        self._sending = False
 
     def pending(self) -> int:
         """Return how many publishes wait to be sent."""

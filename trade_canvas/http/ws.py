@@ -102,8 +102,10 @@ class _WholeFrameSocket:
     """Socket proxy whose ``send`` writes everything, one writer at a time.
 
     simple-websocket calls ``sock.send`` and ignores short writes, which corrupts frames as soon
-    as a slow client fills the kernel buffer; the writer greenlet and the library's own
-    ping/pong replies also share the socket. ``sendall`` under a lock fixes both.
+    as a slow client fills the kernel buffer; the writer greenlet, the hub's direct writes and
+    the library's own ping/pong replies also share the socket. Whole writes under a lock fix
+    both. ``send`` tries one plain send first: gevent's ``sendall`` asks the kernel for the
+    buffer size on every call, which costs as much as the write itself for small frames.
     """
 
     def __init__(self, sock: Any) -> None:
@@ -112,8 +114,22 @@ class _WholeFrameSocket:
 
     def send(self, data: bytes) -> int:
         with self._lock:
-            self._sock.sendall(data)
+            sent = self._sock.send(data)
+            if sent < len(data):
+                self._sock.sendall(memoryview(data)[sent:])
         return len(data)
+
+    def send_now(self, data: bytes) -> int:
+        """Write what the kernel takes without waiting; returns the bytes written (maybe 0)."""
+        if not self._lock.acquire(blocking=False):
+            return 0
+        try:
+            # gevent's socket.send with timeout 0.0 raises instead of waiting for the buffer.
+            return int(self._sock.send(data, 0, 0.0))
+        except OSError:
+            return 0  # full buffer or a dead peer: the writer will send or notice the error
+        finally:
+            self._lock.release()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
@@ -128,11 +144,13 @@ class MarketSocket:
     def serve(self, environ: dict[str, Any]) -> None:
         """Run the session until the client or the server closes it."""
         environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
-        environ["gunicorn.socket"] = _WholeFrameSocket(environ["gunicorn.socket"])
+        sock = _WholeFrameSocket(environ["gunicorn.socket"])
+        environ["gunicorn.socket"] = sock
         ws = simple_websocket.Server(
             environ, ping_interval=PING_INTERVAL_S, max_message_size=MAX_CLIENT_MESSAGE_BYTES
         )
         outbox = self.runtime.open_connection()
+        outbox.direct = sock.send_now
         writer = threading.Thread(target=self._pump, args=(ws, outbox), daemon=True)
         writer.start()
         try:
@@ -173,6 +191,7 @@ class MarketSocket:
                 if not ws.connected:
                     break
                 ws.sock.send(b"".join(frame.wire() for frame in frames))
+                outbox.sent()
             code = {"slow_consumer": 1008, "server_shutdown": 1001}.get(outbox.close_code or "")
             if code is not None and ws.connected:
                 ws.close(code, outbox.close_code)
