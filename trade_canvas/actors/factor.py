@@ -59,6 +59,8 @@ from trade_canvas.storage import CandleStore, DrawVersion, FactorSnapshot
 
 logger = logging.getLogger(__name__)
 
+CHUNK_PAUSE_S = 0.003
+
 CHUNK_CANDLES = 500
 # Candles behind the head whose instructions are rendered and versioned on each batch.
 DRAW_WINDOW_CANDLES = 2000
@@ -243,7 +245,9 @@ class FactorActor(pykka.ThreadingActor):
             self.cursor = candles[-1].candle_time
             self.store_head = max(self.store_head or 0, self.cursor)
         if len(candles) == self.options.chunk:
-            time.sleep(0)  # under gevent: let other actors and requests run between chunks
+            # Catching up is background work: between chunks, give ingest, reads and other
+            # series a moment (under gevent this sleep is a cooperative pause, not a block).
+            time.sleep(CHUNK_PAUSE_S)
             self.actor_ref.tell(ContinueFactors())
             return
         self.cursor = None
