@@ -111,6 +111,8 @@ class _WholeFrameSocket:
     def __init__(self, sock: Any) -> None:
         self._sock = sock
         self._lock = threading.Lock()
+        # Only gevent's socket.send takes a timeout; on any other socket every write is queued.
+        self._can_send_now = type(sock).__module__.startswith("gevent")
 
     def send(self, data: bytes) -> int:
         with self._lock:
@@ -121,7 +123,7 @@ class _WholeFrameSocket:
 
     def send_now(self, data: bytes) -> int:
         """Write what the kernel takes without waiting; returns the bytes written (maybe 0)."""
-        if not self._lock.acquire(blocking=False):
+        if not self._can_send_now or not self._lock.acquire(blocking=False):
             return 0
         try:
             # gevent's socket.send with timeout 0.0 raises instead of waiting for the buffer.
