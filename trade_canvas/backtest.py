@@ -1,7 +1,7 @@
 """freqtrade backtests: input validation, command lines, temp config, data paths, result parsing.
 
-Pure: values in, values out. Paths are only joined here, never touched; the actor in
-``actors/backtest.py`` does the file system and the subprocess.
+Pure: values in, values out. Paths are only joined here, never touched;
+``actors/freqtrade_run.py`` does the file system and the subprocess.
 """
 
 from __future__ import annotations

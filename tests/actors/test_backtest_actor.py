@@ -21,10 +21,10 @@ import pytest
 
 from trade_canvas import backtest as bt
 from trade_canvas.actors.backtest import (
-    BacktestActor, BacktestResult, BacktestSettings, ExportCandles, GetBacktest,
-    GetPairTimeframes, ListBacktests, RunBacktest, run_backtest, run_backtest_and_wait,
-    strategies_and_wait,
+    BacktestActor, BacktestSettings, ExportCandles, GetBacktest, GetPairTimeframes,
+    ListBacktests, RunBacktest, run_backtest_and_wait, strategies_and_wait,
 )
+from trade_canvas.actors.freqtrade_run import BacktestResult, run_backtest
 from trade_canvas.candles import Candle
 from trade_canvas.errors import CapacityExceeded
 

@@ -16,7 +16,7 @@ from trade_canvas.actors.markets import (
 )
 from trade_canvas.actors.messages import GetTopMarkets, MarketFetched, UnwatchTopMarkets, WatchTopMarkets
 from trade_canvas.errors import CapacityExceeded, UpstreamError
-from trade_canvas.exchanges.binance import MarketInfo
+from trade_canvas.exchanges.binance_markets import MarketInfo
 
 INFOS = {"BTCUSDT": MarketInfo("BTCUSDT", "BTC", "USDT"), "ETHUSDT": MarketInfo("ETHUSDT", "ETH", "USDT")}
 ROWS = [{"symbol": "BTCUSDT", "lastPrice": "1", "quoteVolume": "10", "priceChangePercent": "x"},

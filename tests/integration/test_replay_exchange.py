@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import pytest
 import websocket
 
-from trade_canvas.exchanges import binance
+from trade_canvas.exchanges import binance, binance_markets
 from trade_canvas.exchanges.binance import ErrorFrame, KlineUpdate, MalformedFrame, SubscriptionAck
 
 pytestmark = pytest.mark.integration
@@ -194,8 +194,8 @@ def test_exchange_info_ticker_and_top_markets(replay: Replay) -> None:
         _, tickers, _ = replay.get(f"/{market}{api}/ticker/24hr")
         assert info["serverTime"] == START_MS and info["rateLimits"]
         assert {t["symbol"] for t in tickers} == {s["symbol"] for s in info["symbols"]}
-        items = binance.build_top_markets(json.dumps(info), json.dumps(tickers), market, "USDT", 50)
-        assert items and all(i.symbol_id in binance.parse_exchange_info(info, market) for i in items)
+        items = binance_markets.build_top_markets(json.dumps(info), json.dumps(tickers), market, "USDT", 50)
+        assert items and all(i.symbol_id in binance_markets.parse_exchange_info(info, market) for i in items)
     status, btc, _ = replay.get("/spot/api/v3/ticker/24hr?symbol=BTCUSDT")
     _, last, _ = replay.get("/spot/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=1")
     assert status == 200 and btc["lastPrice"] == last[0][4]

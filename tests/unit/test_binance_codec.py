@@ -13,7 +13,7 @@ import pytest
 
 from trade_canvas.candles import Candle
 from trade_canvas.errors import InvalidInput, UpstreamError
-from trade_canvas.exchanges import binance
+from trade_canvas.exchanges import binance, binance_markets
 from trade_canvas.exchanges.binance import (
     ErrorFrame,
     KlineUpdate,
@@ -332,20 +332,20 @@ def tickers_for(body: bytes) -> list[dict[str, Any]]:
 
 
 def test_exchange_info_filters() -> None:
-    spot = binance.parse_exchange_info(exchange_info("spot"), "spot")
+    spot = binance_markets.parse_exchange_info(exchange_info("spot"), "spot")
     raw = json.loads(exchange_info("spot"))["symbols"]
     assert set(spot) == {s["symbol"] for s in raw if s["status"] == "TRADING"}
     assert any(s["status"] == "BREAK" for s in raw)
-    futures = binance.parse_exchange_info(exchange_info("futures"), "futures")
+    futures = binance_markets.parse_exchange_info(exchange_info("futures"), "futures")
     assert "BTCUSDT_210924" not in futures and "BTCSTUSDT" not in futures
-    assert futures["BTCUSDT"] == binance.MarketInfo("BTCUSDT", "BTC", "USDT")
+    assert futures["BTCUSDT"] == binance_markets.MarketInfo("BTCUSDT", "BTC", "USDT")
 
 
 @pytest.mark.parametrize("market", binance.MARKETS)
 def test_top_markets_from_recorded_bodies(market: str) -> None:
     info = exchange_info(market)
-    items = binance.build_top_markets(info, json.dumps(tickers_for(info)), market, "usdt", 200)
-    tradable = binance.parse_exchange_info(info, market)
+    items = binance_markets.build_top_markets(info, json.dumps(tickers_for(info)), market, "usdt", 200)
+    tradable = binance_markets.parse_exchange_info(info, market)
     assert items and all(item.symbol_id in tradable for item in items)
     assert all(item.quote_asset == "USDT" for item in items)
     volumes = [item.quote_volume for item in items]
@@ -371,16 +371,16 @@ def test_top_markets_row_rules() -> None:
         {"symbol": ["odd"], "quoteVolume": "50"}, "junk",
         {"symbol": "ZZZUSDT", "quoteVolume": "99"},
     ]
-    items = binance.build_top_markets(info, tickers, "spot", "", limit=0)
+    items = binance_markets.build_top_markets(info, tickers, "spot", "", limit=0)
     assert [i.symbol_id for i in items] == ["CCCUSDT"]
-    items = binance.build_top_markets(info, tickers, "spot", "USDT", limit=5)
+    items = binance_markets.build_top_markets(info, tickers, "spot", "USDT", limit=5)
     assert [(i.symbol_id, i.last_price, i.price_change_percent) for i in items] == [
         ("CCCUSDT", 2.0, 1.5), ("AAAUSDT", None, None)]
     assert not math.isnan(items[0].quote_volume)
-    assert binance.build_top_markets(info, tickers, "spot", "BTC") == []
+    assert binance_markets.build_top_markets(info, tickers, "spot", "BTC") == []
 
 
 @pytest.mark.parametrize(("info", "tickers"), [(b"{}", b"[]"), (b"nope", b"[]"), (b'{"symbols":[]}', b"{}")])
 def test_top_markets_bad_bodies(info: bytes, tickers: bytes) -> None:
     with pytest.raises(UpstreamError):
-        binance.build_top_markets(info, tickers, "spot")
+        binance_markets.build_top_markets(info, tickers, "spot")

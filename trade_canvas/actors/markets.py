@@ -57,7 +57,7 @@ from trade_canvas.actors.messages import (
 )
 from trade_canvas.actors.rest import BinanceRest
 from trade_canvas.errors import CapacityExceeded, Unavailable, UpstreamError
-from trade_canvas.exchanges import binance
+from trade_canvas.exchanges import binance, binance_markets
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class Job:
 class MarketCache:
     """Cached upstream data of one market and its fetch bookkeeping."""
 
-    infos: dict[str, binance.MarketInfo] | None = None
+    infos: dict[str, binance_markets.MarketInfo] | None = None
     infos_at: float = -math.inf
     rows: list[object] | None = None
     rows_at: float = -math.inf
@@ -360,9 +360,9 @@ class TopMarketsActor(pykka.ThreadingActor):
         try:
             if INFO in parts:
                 body = self.rest.get(market, binance.exchange_info_request(market))
-                infos = binance.parse_exchange_info(body, market)
+                infos = binance_markets.parse_exchange_info(body, market)
             body = self.rest.get(market, binance.ticker_24hr_request(market))
-            rows = binance.parse_ticker_rows(body)
+            rows = binance_markets.parse_ticker_rows(body)
         except Exception as exc:  # boundary: any failure is reported to the actor, never raised
             error = str(exc) or type(exc).__name__
         try:
@@ -417,7 +417,7 @@ class TopMarketsActor(pykka.ThreadingActor):
         items = cache.ranked.get((quote, limit))
         if items is None:
             assert cache.infos is not None and cache.rows is not None
-            ranked = binance.rank_top_markets(cache.infos, cache.rows, market, quote, limit)
+            ranked = binance_markets.rank_top_markets(cache.infos, cache.rows, market, quote, limit)
             items = cache.ranked[(quote, limit)] = [item.to_dict() for item in ranked]
         return items
 

@@ -21,16 +21,15 @@ from trade_canvas import backtest as bt
 from trade_canvas.actors.backtest import (
     BacktestActor,
     BacktestJob,
-    BacktestResult,
     BacktestSettings,
     ExportCandles,
     GetBacktest,
     GetPairTimeframes,
     ListBacktests,
     RunBacktest,
-    freqtrade_missing,
     strategies_and_wait,
 )
+from trade_canvas.actors.freqtrade_run import BacktestResult, freqtrade_missing
 from trade_canvas.candles import Candle
 from trade_canvas.config import Settings
 from trade_canvas.errors import InvalidInput, NotFound, Unavailable
