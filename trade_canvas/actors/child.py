@@ -11,6 +11,7 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any, Callable
 
 import pykka
@@ -64,6 +65,20 @@ class ChildLink:
     def handled(self) -> None:
         """Count one handled message."""
         self.record.handled += 1
+
+
+def report_failure(
+    actor: Any,
+    exception_type: type[BaseException] | None,
+    exception_value: BaseException | None,
+    traceback: TracebackType | None,
+) -> None:
+    """The ``on_failure`` of supervised actors: tell the supervisor through the actor's link.
+
+    Assigned as ``on_failure = report_failure`` in each actor class (a shared function, not a
+    base class: actors subclass ``pykka.ThreadingActor`` only).
+    """
+    actor.link.failed(exception_value)
 
 
 ChildStart = Callable[[ChildLink], pykka.ActorRef[Any]]

@@ -38,12 +38,11 @@ import functools
 import logging
 import time
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Sequence
 
 import pykka
 
-from trade_canvas.actors.child import ChildLink
+from trade_canvas.actors.child import ChildLink, report_failure
 from trade_canvas.actors.messages import Broadcast, CandlesStored, ContinueFactors, Crash
 from trade_canvas.actors.store import RefLookup, tell
 from trade_canvas.candles import Candle
@@ -148,13 +147,7 @@ class FactorActor(pykka.ThreadingActor):
                     self.sid, self.state.head_time, self.store_head)
         self.link.started()
 
-    def on_failure(
-        self,
-        exception_type: type[BaseException] | None,
-        exception_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.link.failed(exception_value)
+    on_failure = report_failure
 
     def on_receive(self, message: Any) -> Any:
         self.link.handled()

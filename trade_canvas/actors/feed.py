@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import logging
 import time
-from types import TracebackType
 from typing import Any, Callable
 
 import pykka
 
-from trade_canvas.actors.child import ChildLink
+from trade_canvas.actors.child import ChildLink, report_failure
 from trade_canvas.actors.messages import (
     AddStream,
     Crash,
@@ -91,13 +90,7 @@ class FeedActor(pykka.ThreadingActor):
     def on_stop(self) -> None:
         tell(self.streams(), RemoveStream(self.stream))
 
-    def on_failure(
-        self,
-        exception_type: type[BaseException] | None,
-        exception_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.link.failed(exception_value)
+    on_failure = report_failure
 
     def on_receive(self, message: Any) -> Any:
         self.link.handled()

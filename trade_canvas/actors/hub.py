@@ -20,13 +20,12 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Callable, Sequence
 
 import orjson
 import pykka
 
-from trade_canvas.actors.child import ChildLink
+from trade_canvas.actors.child import ChildLink, report_failure
 from trade_canvas.actors.messages import (
     Broadcast,
     CandlesStored,
@@ -233,13 +232,7 @@ class SubscriberHub(pykka.ThreadingActor):
             self._catch_up(sub, sub.cursor)
         self.link.started()
 
-    def on_failure(
-        self,
-        exception_type: type[BaseException] | None,
-        exception_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.link.failed(exception_value)
+    on_failure = report_failure
 
     def on_receive(self, message: Any) -> Any:
         self.link.handled()

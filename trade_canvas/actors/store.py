@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-from types import TracebackType
 from typing import Any, Callable
 
 import pykka
 
-from trade_canvas.actors.child import ChildLink
+from trade_canvas.actors.child import ChildLink, report_failure
 from trade_canvas.actors.messages import CandlesStored, Crash, StoreCandles
 from trade_canvas.series import SeriesId
 from trade_canvas.storage import CandleStore
@@ -39,13 +38,7 @@ class StoreActor(pykka.ThreadingActor):
     def on_start(self) -> None:
         self.link.started()
 
-    def on_failure(
-        self,
-        exception_type: type[BaseException] | None,
-        exception_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.link.failed(exception_value)
+    on_failure = report_failure
 
     def on_receive(self, message: Any) -> Any:
         self.link.handled()

@@ -6,7 +6,7 @@ from typing import Any
 
 import falcon
 
-from trade_canvas.candles import parse_candle, parse_candles
+from trade_canvas.candles import Candle, parse_candle, parse_candles
 from trade_canvas.errors import InvalidInput
 from trade_canvas.http.errors import DetailError
 from trade_canvas.http.media import query_int, query_required, read_json_object
@@ -15,6 +15,13 @@ from trade_canvas.series import SeriesId, parse_series_id
 
 MAX_READ_LIMIT = 5000
 MAX_BATCH = 5000
+
+
+def body_candle(req: falcon.Request, runtime: Runtime) -> tuple[SeriesId, Candle]:
+    """Return the validated ``series_id`` and ``candle`` of a single-candle ingest body."""
+    body = read_json_object(req)
+    series = body_series(body)
+    return series, parse_candle(body.get("candle"), series.timeframe, int(runtime.clock()))
 
 
 def body_series(body: dict[str, Any]) -> SeriesId:
@@ -47,9 +54,7 @@ class CandleClosed:
         self.runtime = runtime
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = read_json_object(req)
-        series = body_series(body)
-        candle = parse_candle(body.get("candle"), series.timeframe, int(self.runtime.clock()))
+        series, candle = body_candle(req, self.runtime)
         self.runtime.ingest_closed(series, [candle])
         resp.media = {"ok": True, "series_id": series.text, "candle_time": candle.candle_time}
 
@@ -87,9 +92,7 @@ class CandleForming:
         self.runtime = runtime
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = read_json_object(req)
-        series = body_series(body)
-        candle = parse_candle(body.get("candle"), series.timeframe, int(self.runtime.clock()))
+        series, candle = body_candle(req, self.runtime)
         self.runtime.publish_forming(series, candle)
         resp.media = {"ok": True, "series_id": series.text, "candle_time": candle.candle_time}
 
