@@ -14,6 +14,7 @@ fills the hole over REST.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import random
@@ -44,6 +45,31 @@ logger = logging.getLogger(__name__)
 _ids = itertools.count(1)
 STABLE_AFTER_S = 60.0
 MAX_PARAMS_PER_FRAME = 100
+
+
+class ConnectBudget:
+    """Connection attempts allowed in a sliding window (Binance: 300 per 5 minutes per IP).
+
+    We keep to 80 % of the limit so a burst of reconnects after a network blip can never get the
+    IP refused; attempts over the budget are postponed, not dropped.
+    """
+
+    def __init__(self, limit: int, window_s: float = 300.0) -> None:
+        self.limit = max(1, limit)
+        self.window_s = window_s
+        self.attempts: collections.deque[float] = collections.deque()
+
+    def wait_s(self, now: float) -> float:
+        """Return how long to wait before the next attempt (0: go now)."""
+        while self.attempts and now - self.attempts[0] >= self.window_s:
+            self.attempts.popleft()
+        if len(self.attempts) < self.limit:
+            return 0.0
+        return self.attempts[0] + self.window_s - now
+
+    def spend(self, now: float) -> None:
+        """Record one attempt."""
+        self.attempts.append(now)
 
 
 @dataclass(eq=False)
@@ -98,6 +124,7 @@ class StreamConnections(pykka.ThreadingActor):
         limits = binance.limits_for(market)
         self.per_connection = min(streams_per_connection, limits.streams_per_connection)
         self.method_interval_s = 1.0 / limits.incoming_messages_per_second
+        self.budget = ConnectBudget(int(limits.connections_per_5_minutes_per_ip * 0.8))
         self.silence_timeout_s = silence_timeout_s
         self.clock = clock
         self.backoff_initial_s = backoff_initial_s
@@ -177,6 +204,14 @@ class StreamConnections(pykka.ThreadingActor):
                 del self.connections[conn.id]
 
     def _connect(self, conn: Connection) -> None:
+        now = self.clock()
+        wait = self.budget.wait_s(now)
+        if wait > 0:
+            conn.state, conn.next_attempt_at = "reconnecting", now + wait
+            logger.warning("%s: connection budget spent; connection #%d waits %.0fs",
+                           self.market, conn.id, wait)
+            return
+        self.budget.spend(now)
         conn.generation += 1
         conn.state = "connecting"
         conn.next_attempt_at = None
