@@ -10,7 +10,7 @@ from typing import Iterator
 import orjson
 import pytest
 
-from tests.integration.conftest import ReplayExchange
+from tests.fakes.replay import ReplayExchange
 from trade_canvas.actors.markets import MarketStream, StreamEvent
 from trade_canvas.http.top_markets import format_event, format_ping, sse_events
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,13 +15,7 @@ from typing import Any, Iterator
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.fakes.replay import ROOT, ReplayExchange, free_port
 
 
 class ServerProcess:
@@ -123,56 +116,6 @@ def candle(t: int, close: float = 1.5) -> dict:
 def aligned_past(minutes_ago: int) -> int:
     now = int(time.time())
     return now - now % 60 - 60 * minutes_ago
-
-
-class ReplayExchange:
-    """The project's Binance replay exchange as a subprocess."""
-
-    def __init__(self, log_path: Path, *args: str) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self._log = open(log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "trade_canvas.replay", "--port", str(self.port), *args],
-            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                self.get("/_replay/state")
-                return
-            except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(0.05)
-        raise AssertionError("replay exchange did not start")
-
-    def env(self) -> dict[str, str]:
-        """Settings that point the backend at this exchange."""
-        return {
-            "TRADE_CANVAS_BINANCE_SPOT_BASE_URL": f"{self.base}/spot",
-            "TRADE_CANVAS_BINANCE_FUTURES_BASE_URL": f"{self.base}/futures",
-            "TRADE_CANVAS_BINANCE_SPOT_WS_URL": f"ws://127.0.0.1:{self.port}/spot",
-            "TRADE_CANVAS_BINANCE_FUTURES_WS_URL": f"ws://127.0.0.1:{self.port}/futures",
-        }
-
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.base + path, timeout=10) as resp:
-            return json.loads(resp.read())
-
-    def post(self, path: str, body: Any) -> Any:
-        req = urllib.request.Request(self.base + path, data=json.dumps(body).encode(), method="POST",
-                                     headers={"content-type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return json.loads(resp.read())
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.integration.conftest import ROOT
+from tests.fakes.replay import ROOT
 
 pytestmark = pytest.mark.integration
 

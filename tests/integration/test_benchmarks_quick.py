@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.integration.conftest import ROOT
+from tests.fakes.replay import ROOT
 
 pytestmark = pytest.mark.integration
 

@@ -22,7 +22,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests.fakes.postgres import drop_schema, new_schema_name, reachable_dsn
 from tests.fakes.tcp_relay import TcpRelay
-from tests.integration.conftest import ROOT, aligned_past, candle, free_port
+from tests.fakes.replay import ROOT, free_port
+from tests.integration.conftest import aligned_past, candle
 from tests.integration.test_server import connect, receive_times, subscribe
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]

@@ -19,7 +19,7 @@ A2 = [1, 2, 10, 2, 1, 2, 9, 2, 1, 2, 8, 2, 1, 20, 22, 20, 15, 20, 23, 20, 16, 20
 
 def renders(prices: list[float]) -> dict[int, list[Instruction]]:
     candles = [Candle(60 * (i + 1), p, p, p, p, 0.0) for i, p in enumerate(prices)]
-    state, events, out = initial_state(PARAMS), [], {}
+    state, out = initial_state(PARAMS), {}
     seen: list[FactorEvent] = []
     for candle in candles:
         state, new = step(state, candle, PARAMS)
