@@ -236,6 +236,7 @@ class Runtime:
             "series_count": len({v["series_id"] for v in actors if v["series_id"]}),
             "websocket_connections": len(self.connections),
             "read_cache": self.read_cache.snapshot(),
+            "rest_limits": {host: limiter.snapshot() for host, limiter in self.rest.limiters.items()},
             "actors": actors,
         }
 
