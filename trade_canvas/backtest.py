@@ -215,7 +215,7 @@ def series_id_for(
     """Return the candle store's series id for a pair, e.g. ``binance:futures:BTC/USDT:5m``.
 
     Raises:
-        InvalidInput: when the store cannot hold the timeframe (it has m/h/d only).
+        InvalidInput: when the store cannot hold the timeframe (it has m/h/d/w only).
     """
     return parse_series_id(f"{exchange}:{trading_mode}:{pair.symbol}:{timeframe}").text
 

@@ -92,7 +92,7 @@ def parse_candle(raw: object, timeframe: Timeframe, now: int) -> Candle:
             open and close, a time not aligned to the timeframe or more than one timeframe
             in the future.
     """
-    fast = _parse_plain(raw, timeframe.seconds, now)
+    fast = _parse_plain(raw, timeframe.seconds, timeframe.offset, now)
     if fast is not None:
         return fast
     if not isinstance(raw, Mapping):
@@ -103,7 +103,7 @@ def parse_candle(raw: object, timeframe: Timeframe, now: int) -> Candle:
         raise InvalidInput("candle.volume must be >= 0")
     if not (low <= open_ <= high and low <= close <= high):
         raise InvalidInput("candle prices must satisfy low <= open, close <= high")
-    if candle_time % timeframe.seconds:
+    if not timeframe.is_aligned(candle_time):
         raise InvalidInput(
             f"candle.candle_time {candle_time} is not aligned to timeframe {timeframe.text}"
         )
@@ -118,7 +118,7 @@ _NUMBER_TYPES = (int, float)
 _isfinite = math.isfinite
 
 
-def _parse_plain(raw: object, step: int, now: int) -> Candle | None:
+def _parse_plain(raw: object, step: int, offset: int, now: int) -> Candle | None:
     """Accept the common, valid shape in one pass; None sends the caller to the checks that
     explain what is wrong (batch ingest validates thousands of candles per request)."""
     if type(raw) is not dict:
@@ -135,7 +135,9 @@ def _parse_plain(raw: object, step: int, now: int) -> Candle | None:
     o, h, lo, c, v = float(o), float(h), float(lo), float(c), float(v)
     if not (_isfinite(o) and _isfinite(h) and _isfinite(lo) and _isfinite(c) and _isfinite(v)):
         return None
-    if t < 0 or v < 0 or t % step or t > now + step or not (lo <= o <= h and lo <= c <= h):
+    if t < 0 or v < 0 or (t - offset) % step or t > now + step:
+        return None
+    if not (lo <= o <= h and lo <= c <= h):
         return None
     return Candle(t, o, h, lo, c, v)
 

@@ -10,16 +10,27 @@ from trade_canvas.errors import InvalidInput
 
 EpochSeconds = NewType("EpochSeconds", int)
 
-_TIMEFRAME_RE = re.compile(r"^([1-9][0-9]{0,4})([mhd])$")
-_UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400}
+_TIMEFRAME_RE = re.compile(r"^([1-9][0-9]{0,4})([mhdw])$")
+_UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
+# Weeks open on Monday 00:00 UTC (as Binance's 1w klines do); the unix epoch was a Thursday.
+_UNIT_OFFSET = {"w": 4 * 86400}
 
 
 @dataclass(frozen=True, slots=True)
 class Timeframe:
-    """A candle width such as ``1m`` or ``4h``; ``seconds`` is its length."""
+    """A candle width such as ``1m``, ``4h`` or ``1w``; ``seconds`` is its length.
+
+    Candles open at ``offset + k * seconds`` (``offset`` is 0 except for weeks, which open on
+    Monday).
+    """
 
     text: str
     seconds: int
+    offset: int = 0
+
+    def is_aligned(self, t: int) -> bool:
+        """Whether ``t`` is a candle open time of this timeframe."""
+        return (t - self.offset) % self.seconds == 0
 
     def __str__(self) -> str:
         return self.text
@@ -43,16 +54,18 @@ class SeriesId:
 
 
 def parse_timeframe(text: str) -> Timeframe:
-    """Parse ``<positive int><m|h|d>`` into a Timeframe.
+    """Parse ``<positive int><m|h|d|w>`` into a Timeframe.
 
     Raises:
-        InvalidInput: for anything else (``1w``, ``30s``, ``0m``, ``""``).
+        InvalidInput: for anything else (``1M``, ``30s``, ``0m``, ``""``).
     """
     match = _TIMEFRAME_RE.match(text.strip()) if isinstance(text, str) else None
     if match is None:
-        raise InvalidInput(f"invalid timeframe: {text!r} (expected <n>m, <n>h or <n>d)")
+        raise InvalidInput(f"invalid timeframe: {text!r} (expected <n>m, <n>h, <n>d or <n>w)")
     count, unit = int(match.group(1)), match.group(2)
-    return Timeframe(text=f"{count}{unit}", seconds=count * _UNIT_SECONDS[unit])
+    return Timeframe(
+        text=f"{count}{unit}", seconds=count * _UNIT_SECONDS[unit], offset=_UNIT_OFFSET.get(unit, 0)
+    )
 
 
 def parse_series_id(text: object) -> SeriesId:
@@ -80,7 +93,7 @@ def parse_series_id(text: object) -> SeriesId:
 
 def align_time(t: int, timeframe: Timeframe) -> int:
     """Return the open time of the bucket that contains ``t``."""
-    return t - t % timeframe.seconds
+    return t - (t - timeframe.offset) % timeframe.seconds
 
 
 def expected_latest_closed_time(now: int, timeframe: Timeframe) -> int:

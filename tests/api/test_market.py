@@ -45,7 +45,7 @@ def test_unknown_series_is_empty(client) -> None:
         ({"series_id": S, "since": "-1"}, "since must be an integer >= 0"),
         ({"series_id": S, "since": "abc"}, "since must be an integer >= 0"),
         ({"series_id": "binance:spot:1m"}, "invalid series_id"),
-        ({"series_id": "binance:spot:BTC/USDT:1w"}, "invalid timeframe"),
+        ({"series_id": "binance:spot:BTC/USDT:1M"}, "invalid timeframe"),
     ],
 )
 def test_bad_read_parameters(client, params: dict, detail: str) -> None:

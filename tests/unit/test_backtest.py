@@ -124,7 +124,8 @@ def test_series_id_for(pair: str, mode: bt.TradingMode, series_id: str) -> None:
 
 def test_series_id_for_timeframe_the_store_lacks() -> None:
     with pytest.raises(InvalidInput):
-        bt.series_id_for(bt.parse_pair("BTC/USDT"), "1w", "spot")
+        bt.series_id_for(bt.parse_pair("BTC/USDT"), "1M", "spot")
+    assert bt.series_id_for(bt.parse_pair("BTC/USDT"), "1w", "spot") == "binance:spot:BTC/USDT:1w"
 
 
 def test_data_paths() -> None:

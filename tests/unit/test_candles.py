@@ -76,3 +76,12 @@ def test_find_gap() -> None:
     assert find_gap(120, candles, 60) == 180
     assert find_gap(180, candles, 60) is None
     assert find_gap(None, candles, 60) is None
+
+
+def test_weekly_candles_must_open_on_monday() -> None:
+    week = parse_timeframe("1w")
+    monday = 1_700_438_400
+    ok = {**GOOD, "candle_time": monday}
+    assert parse_candle(ok, week, monday + 86400).candle_time == monday
+    with pytest.raises(InvalidInput, match="not aligned"):
+        parse_candle({**GOOD, "candle_time": 604800 * 2812}, week, monday)

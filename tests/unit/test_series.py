@@ -11,13 +11,14 @@ from trade_canvas.series import (
 
 @pytest.mark.parametrize(
     "text,seconds",
-    [("1m", 60), ("5m", 300), ("15m", 900), ("1h", 3600), ("4h", 14400), ("1d", 86400), (" 3m ", 180)],
+    [("1m", 60), ("5m", 300), ("15m", 900), ("1h", 3600), ("4h", 14400), ("1d", 86400), (" 3m ", 180),
+     ("3d", 259200), ("1w", 604800)],
 )
 def test_timeframes(text: str, seconds: int) -> None:
     assert parse_timeframe(text).seconds == seconds
 
 
-@pytest.mark.parametrize("text", ["", "0m", "1w", "1M", "30s", "m", "1.5h", "-1m", "1 m"])
+@pytest.mark.parametrize("text", ["", "0m", "1M", "30s", "m", "1.5h", "-1m", "1 m", "0w"])
 def test_bad_timeframes(text: str) -> None:
     with pytest.raises(InvalidInput):
         parse_timeframe(text)
@@ -55,3 +56,14 @@ def test_alignment() -> None:
     assert align_time(1_700_000_123, tf) == 1_700_000_100 - 1_700_000_100 % 300
     assert expected_latest_closed_time(600, tf) == 300
     assert expected_latest_closed_time(299, tf) == 0
+
+
+def test_weeks_open_on_monday() -> None:
+    week = parse_timeframe("1w")
+    monday = 1_700_438_400  # 2023-11-20 00:00 UTC, a Monday
+    assert week.is_aligned(monday) and not week.is_aligned(monday - 3 * 86400)
+    assert not week.is_aligned(604800 * 2812)  # an epoch multiple is a Thursday
+    assert align_time(monday + 5 * 86400 + 17, week) == monday
+    assert align_time(monday - 1, week) == monday - 604800
+    assert expected_latest_closed_time(monday + 3600, week) == monday - 604800
+    assert parse_timeframe("1h").is_aligned(3600 * 5) and parse_timeframe("1h").offset == 0

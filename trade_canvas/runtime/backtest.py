@@ -154,7 +154,7 @@ class Backtests:
         try:
             series_id = bt.series_id_for(spec, request.timeframe, trading_mode)
         except InvalidInput:
-            return None  # 1w/1M: the store has no such series
+            return None  # 1M: the store has no such series
         candles = self._read_for_export(series_id, request)
         if candles:
             path = self._ask(ExportCandles(request.pair, request.timeframe, tuple(candles)),
