@@ -14,7 +14,7 @@ from tests.fakes.store import MemoryCandleStore
 from tests.unit.test_factor_engine import random_walk
 from trade_canvas.actors.child import ChildLink, ChildRecord
 from trade_canvas.actors.factor import FactorActor, FactorOptions
-from trade_canvas.actors.messages import Broadcast, CandlesStored
+from trade_canvas.actors.messages import Broadcast, CandlesStored, DrawChanged
 from trade_canvas.factors import engine
 from trade_canvas.factors.engine import FactorParams
 from trade_canvas.series import parse_series_id
@@ -34,7 +34,7 @@ class Hub:
         self.lock = threading.Lock()
 
     def tell(self, message: Any) -> None:
-        assert isinstance(message, Broadcast)
+        assert isinstance(message, (Broadcast, DrawChanged))
         with self.lock:
             self.messages.append(message.message)
 

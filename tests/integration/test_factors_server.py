@@ -35,7 +35,8 @@ def store_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
 
 def subscribe(server, since: int | None = None) -> websocket.WebSocket:
     ws = websocket.create_connection(server.ws_url, timeout=10)
-    ws.send(json.dumps({"type": "subscribe", "series_id": S, "since": since, "supports_batch": True}))
+    ws.send(json.dumps({"type": "subscribe", "series_id": S, "since": since, "supports_batch": True,
+                        "draw": True}))
     return ws
 
 

@@ -43,7 +43,13 @@ from typing import Any, Sequence
 import pykka
 
 from trade_canvas.actors.child import ChildLink, report_failure
-from trade_canvas.actors.messages import Broadcast, CandlesStored, ContinueFactors, Crash
+from trade_canvas.actors.messages import (
+    Broadcast,
+    CandlesStored,
+    ContinueFactors,
+    Crash,
+    DrawChanged,
+)
 from trade_canvas.actors.store import RefLookup, tell
 from trade_canvas.candles import Candle
 from trade_canvas.config import Settings
@@ -306,4 +312,4 @@ class FactorActor(pykka.ThreadingActor):
         )
         message = {"type": "draw_delta", **body, "from_version_id": self.last_version}
         self.last_version = body["next_cursor"]["version_id"]
-        tell(self.lookup("hub"), Broadcast(message))
+        tell(self.lookup("hub"), DrawChanged(message))

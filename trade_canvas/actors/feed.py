@@ -31,7 +31,7 @@ from trade_canvas.candles import Candle, dedupe_sorted
 from trade_canvas.errors import TradeCanvasError
 from trade_canvas.exchanges import binance
 from trade_canvas.lifecycle import FeedJob
-from trade_canvas.series import SeriesId
+from trade_canvas.series import SeriesId, expected_latest_closed_time
 from trade_canvas.storage import CandleStore
 
 logger = logging.getLogger(__name__)
@@ -75,12 +75,15 @@ class FeedActor(pykka.ThreadingActor):
         self.filled = False
         self.holes: list[tuple[int, int]] = []  # ranges a REST fill could not fetch yet
         self.counters = {"closed": 0, "forming": 0, "duplicates": 0, "filled": 0, "rest_errors": 0}
+        # The latest history fill, for the K-line health lamp (GET /api/market/health).
+        self.fill: dict[str, Any] | None = None
         link.record.extra = self._status
 
     def _status(self) -> dict[str, Any]:
         return {"pinned": self.job.pinned, "refcount": self.job.refcount,
                 "idle_since": self.job.idle_since, "stream": self.stream,
-                "last_closed_time": self.last, "unfilled_holes": len(self.holes), **self.counters}
+                "last_closed_time": self.last, "unfilled_holes": len(self.holes),
+                "fill": self.fill, **self.counters}
 
     def on_start(self) -> None:
         self.last = self.store.head_time(self.series.text)
@@ -156,12 +159,27 @@ class FeedActor(pykka.ThreadingActor):
 
     def _fill_tail(self) -> None:
         """Store the closed candles between the last stored one and now (at most ``tail_max``)."""
+        self._note_fill("running", "tail_coverage")
         candles = self._rest(self._tail_candles, "tail fill")
         if candles is None:
+            self._note_fill("failed", "tail_coverage", "rest requests kept failing")
             return
         self.filled = True
         self.counters["filled"] += len(candles)
         self._store(candles)
+        self._note_fill("succeeded", "tail_coverage")
+        if candles:
+            logger.info("feed %s: filled %d candles (%d..%d)", self.series.text, len(candles),
+                        candles[0].candle_time, candles[-1].candle_time)
+
+    def _note_fill(self, state: str, reason: str, error: str | None = None) -> None:
+        now = int(self.clock())
+        if state == "running" or self.fill is None:
+            behind = expected_latest_closed_time(now, self.series.timeframe) - (self.last or 0)
+            missing = min(max(0, behind), self.tail_max * self.step)
+            self.fill = {"state": state, "started_at": now, "start_missing_seconds": missing}
+        self.fill = {**self.fill, "state": state, "updated_at": now, "reason": reason,
+                     "note": None, "error": error}
 
     def _tail_candles(self) -> list[Candle]:
         page = self.rest.klines(self.market, self.symbol, self.interval, limit=self._tail_limit())
@@ -196,6 +214,8 @@ class FeedActor(pykka.ThreadingActor):
             self.holes.append((start, end))
             return []
         self.counters["filled"] += len(result)
+        logger.info("feed %s: gap %d..%d filled with %d candles", self.series.text, start, end,
+                    len(result))
         return result
 
     def _pages(self, start: int, end: int) -> list[Candle]:

@@ -30,6 +30,7 @@ from trade_canvas.actors.messages import (
     Broadcast,
     CandlesStored,
     Crash,
+    DrawChanged,
     PublishForming,
     Subscribe,
     Unsubscribe,
@@ -192,6 +193,7 @@ class Subscription:
     outbox: Outbox
     cursor: int | None
     supports_batch: bool
+    draw: bool = False
 
 
 class HubState:
@@ -247,13 +249,15 @@ class SubscriberHub(pykka.ThreadingActor):
                 return self._unsubscribe(message.outbox)
             case Broadcast():
                 return self._broadcast(message.message)
+            case DrawChanged():
+                return self._broadcast(message.message, draw_only=True)
             case Crash():
                 raise RuntimeError(f"crash requested: {message.reason}")
         logger.warning("hub %s ignored %r", self.series.text, message)
         return None
 
     def _subscribe(self, message: Subscribe) -> None:
-        sub = Subscription(message.outbox, message.since, message.supports_batch)
+        sub = Subscription(message.outbox, message.since, message.supports_batch, message.draw)
         self.state.subscriptions[message.outbox.id] = sub
         self._catch_up(sub, message.since)
 
@@ -341,9 +345,11 @@ class SubscriberHub(pykka.ThreadingActor):
             if not sub.outbox.offer(frame):
                 self._drop(sub)
 
-    def _broadcast(self, message: dict[str, Any]) -> None:
+    def _broadcast(self, message: dict[str, Any], draw_only: bool = False) -> None:
         frame = (encode(message),)
         for sub in list(self.state.subscriptions.values()):
+            if draw_only and not sub.draw:
+                continue
             if not sub.outbox.offer(frame):
                 self._drop(sub)
 

@@ -55,6 +55,7 @@ class Subscribe:
     outbox: Any
     since: int | None
     supports_batch: bool
+    draw: bool = False  # the connection asked for the factor overlay's draw_delta messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,13 @@ class Unsubscribe:
 @dataclass(frozen=True, slots=True)
 class Broadcast:
     """Send one system message to every subscriber of the series."""
+
+    message: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class DrawChanged:
+    """Send one ``draw_delta`` message to the subscribers that asked for the overlay."""
 
     message: dict[str, Any]
 

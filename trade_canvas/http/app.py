@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable
 import falcon
 
 from trade_canvas.http import backtest, errors, factor, market, status, top_markets
+from trade_canvas.http.cors import Cors
 from trade_canvas.http.errors import DetailError
 from trade_canvas.http.media import JSON_HANDLER
 from trade_canvas.http.ws import MarketSocket, dispatch_websockets
@@ -28,11 +29,7 @@ def create_app(runtime: Runtime) -> falcon.App:
     """Build the Falcon app around a runtime (real or fake)."""
     settings = runtime.settings
     app = falcon.App(
-        middleware=[
-            falcon.CORSMiddleware(
-                allow_origins=list(settings.cors_origins) or "*", allow_credentials="*"
-            )
-        ]
+        middleware=[Cors(settings.cors_origins)]
     )
     app.req_options.media_handlers[falcon.MEDIA_JSON] = JSON_HANDLER
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = JSON_HANDLER

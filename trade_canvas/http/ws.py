@@ -40,6 +40,7 @@ class SubscribeCommand:
     series: SeriesId
     since: int | None
     supports_batch: bool
+    draw: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +92,10 @@ def _subscribe(message: dict[str, Any]) -> SubscribeCommand:
     batch = message.get("supports_batch")
     if batch is not None and not isinstance(batch, bool):
         raise BadRequest("invalid supports_batch")
-    return SubscribeCommand(series, since, bool(batch))
+    draw = message.get("draw")
+    if draw is not None and not isinstance(draw, bool):
+        raise BadRequest("invalid draw")
+    return SubscribeCommand(series, since, bool(batch), bool(draw))
 
 
 def _error(code: str, message: str, **extra: Any) -> Frame:
@@ -174,7 +178,9 @@ class MarketSocket:
             return
         try:
             if isinstance(command, SubscribeCommand):
-                self.runtime.subscribe(outbox, command.series, command.since, command.supports_batch)
+                self.runtime.subscribe(
+                    outbox, command.series, command.since, command.supports_batch, command.draw
+                )
             elif isinstance(command, UnsubscribeCommand):
                 self.runtime.unsubscribe(outbox, command.series_id)
         except TradeCanvasError as exc:

@@ -167,7 +167,9 @@ class Runtime:
         self.connections[outbox.id] = outbox
         return outbox
 
-    def subscribe(self, outbox: Outbox, series: SeriesId, since: int | None, batch: bool) -> None:
+    def subscribe(
+        self, outbox: Outbox, series: SeriesId, since: int | None, batch: bool, draw: bool = False
+    ) -> None:
         """Subscribe a connection to a series; catch-up then live messages follow.
 
         Raises:
@@ -179,7 +181,7 @@ class Runtime:
             outbox.acquired.add(series.text)
         ref = self._ref(series, "hub")
         outbox.series.add(series.text)
-        tell(ref, Subscribe(outbox, since, batch))
+        tell(ref, Subscribe(outbox, since, batch, draw))
 
     def _wants_feed(self, outbox: Outbox, series: SeriesId) -> bool:
         if not self.settings.enable_ondemand_ingest or series.text in outbox.acquired:
