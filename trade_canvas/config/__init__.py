@@ -124,6 +124,33 @@ class Settings:
     log_level: str = setting("LOG_LEVEL", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR")
     ingest_timeout_s: float = setting("INGEST_TIMEOUT_S", _float(0.1), 10.0,
                                       "how long an HTTP write waits for the store actor")
+    # -- chart app reads: health lamp, debug tab, replay packages
+    enable_kline_health_v2: bool = setting(
+        "ENABLE_KLINE_HEALTH_V2", _bool, False,
+        "GET /api/market/health (the chart's K-line lamp); the debug API also opens it")
+    kline_health_backfill_recent_seconds: int = setting(
+        "KLINE_HEALTH_BACKFILL_RECENT_SECONDS", _int(5), 120,
+        "a history fill this recent shows the lamp yellow (backfill_recent) instead of red")
+    enable_runtime_metrics: bool = setting(
+        "ENABLE_RUNTIME_METRICS", _bool, False,
+        "GET /api/market/debug/metrics (with the debug API)")
+    debug_event_buffer: int = setting(
+        "DEBUG_EVENT_BUFFER", _int(10, 100_000), 2000,
+        "recent backend events kept for WS /ws/debug (debug API)")
+    enable_replay_v1: bool = setting("ENABLE_REPLAY_V1", _bool, True,
+                                     "replay package routes /api/replay/* (prepare is always on)")
+    enable_replay_ensure_coverage: bool = setting(
+        "ENABLE_REPLAY_ENSURE_COVERAGE", _bool, True,
+        "POST /api/replay/ensure_coverage fetches missing history over REST")
+    artifacts_dir: str = setting(
+        "ARTIFACTS_DIR", _str, "data/artifacts",
+        "directory of the replay package cache (replay_package_v1/<key>/)")
+    replay_max_builds: int = setting("REPLAY_MAX_BUILDS", _int(1, 16), 2,
+                                     "replay packages built at once; more wait in turn")
+    replay_cache_mb: int = setting("REPLAY_CACHE_MB", _int(1, 100_000), 512,
+                                   "disk kept for replay packages; the oldest are deleted first")
+    replay_cache_ttl_s: int = setting("REPLAY_CACHE_TTL_S", _int(60), 86400,
+                                      "replay packages older than this are deleted")
     # -- live feed (Binance)
     enable_whitelist_ingest: bool = setting(
         "ENABLE_WHITELIST_INGEST", _bool, False, "follow the whitelist series live (pinned)")

@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable
 
 import falcon
 
-from trade_canvas.http import backtest, errors, factor, market, status, top_markets
+from trade_canvas.http import backtest, debug, errors, factor, market, status, top_markets
 from trade_canvas.http.cors import Cors
 from trade_canvas.http.errors import DetailError
 from trade_canvas.http.media import JSON_HANDLER
@@ -58,7 +58,13 @@ def create_app(runtime: Runtime) -> falcon.App:
         app.add_route(
             "/api/dev/market/ingest/candles_closed_batch", market.CandlesClosedBatch(runtime)
         )
+    if settings.enable_kline_health_v2 or settings.enable_debug_api:
+        app.add_route("/api/market/health", debug.MarketHealth(runtime))
     if settings.enable_debug_api:
+        app.add_route("/api/market/debug/series_health", debug.SeriesHealth(runtime))
+        app.add_route("/api/market/debug/ingest_state", debug.IngestState(runtime))
+        if settings.enable_runtime_metrics:
+            app.add_route("/api/market/debug/metrics", debug.Metrics(runtime))
         app.add_route("/api/market/ingest/candle_forming", market.CandleForming(runtime))
         app.add_route("/api/runtime/debug/crash", status.Crash(runtime))
     return app

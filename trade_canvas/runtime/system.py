@@ -44,7 +44,7 @@ from trade_canvas.config import Settings, load_settings, load_whitelist, unknown
 from trade_canvas.errors import ConfigError, InvalidInput, TradeCanvasError, Unavailable
 from trade_canvas.exchanges import binance
 from trade_canvas.lifecycle import FeedDemand, FeedJob
-from trade_canvas.runtime import factor_reads
+from trade_canvas.runtime import factor_reads, market_health
 from trade_canvas.runtime.cache import ResponseCache, WriteGenerations
 from trade_canvas.runtime.backtest import Backtests, start_backtests
 from trade_canvas.runtime.top_markets import TopMarkets, start_top_markets
@@ -156,6 +156,39 @@ class Runtime:
         record = group.children.get("factor") if group is not None else None
         body["factor_actor"] = record.snapshot() if record is not None else None
         return body
+
+    # -- market health (the chart's lamp and debug tab)
+
+    def market_health(self, series: SeriesId, now: int | None) -> dict[str, Any]:
+        """Return the ``GET /api/market/health`` body (``now`` overrides the clock)."""
+        record = self._child(series, "feed")
+        fill = record.snapshot().get("fill") if record is not None else None
+        return market_health.kline_health(
+            self.store, series, int(self.clock()) if now is None else now, fill,
+            self.settings.kline_health_backfill_recent_seconds,
+        )
+
+    def series_health(self, series: SeriesId, max_gaps: int, base_buckets: int) -> dict[str, Any]:
+        """Return the ``GET /api/market/debug/series_health`` body."""
+        return market_health.series_health(
+            self.store, series, int(self.clock()), max_gaps, base_buckets
+        )
+
+    def ingest_state(self) -> dict[str, Any]:
+        """Return the ``GET /api/market/debug/ingest_state`` body."""
+        return market_health.ingest_state(self.board.records(), self.whitelist, self.settings)
+
+    def metrics(self) -> dict[str, Any]:
+        """Return the ``GET /api/market/debug/metrics`` body."""
+        connections = list(self.connections.values())
+        return market_health.metrics(
+            self.board.records(), len(connections), sum(len(o.series) for o in connections),
+            int(self.clock() * 1000),
+        )
+
+    def _child(self, series: SeriesId, kind: str) -> Any:
+        group = self.groups.get(series.text)
+        return group.children.get(kind) if group is not None else None
 
     # -- WebSocket connections
 
