@@ -63,7 +63,8 @@ class FactorView:
     switches: tuple[Payload, ...]
     pen_head: Payload
     alive: tuple[Payload, ...]
-    anchor_current: Payload | None
+    anchor_current: Payload | None  # what the overlay draws as anchor.current
+    anchor_base: Payload | None = None  # the engine's (or ledger's) ref, before any override
 
 
 def _bucket(events: Iterable[FactorEvent], at_time: int) -> dict[str, list[Payload]]:
@@ -103,6 +104,7 @@ def build_view(
         at_time, majors, _sorted(buckets.get("pivot.minor", []), "visible_time", "pivot_time"),
         pens, _sorted(buckets.get("zhongshu.dead", []), "visible_time", "start_time"), switches,
         head, tuple(alive), _override_anchor(current, head),
+        _base_anchor(current if live is not None else None, switches, pens),
     )
 
 
@@ -146,6 +148,19 @@ def _ledger_anchor(switches: Sequence[Payload], pens: Sequence[Payload]) -> PenR
     return None
 
 
+def _base_anchor(
+    live: PenRef | None, switches: Sequence[Payload], pens: Sequence[Payload]
+) -> Payload | None:
+    # The original's base ref: the stored head's, else the last kept switch's new anchor, else
+    # the window's last confirmed pen.
+    if live is not None:
+        return live.to_dict()
+    kept = anchor_history(switches)[1]
+    if kept:
+        return dict(kept[-1]["new_anchor"])
+    return ref_from_dict(dict(pens[-1], kind="confirmed")).to_dict() if pens else None
+
+
 def _override_anchor(current: PenRef | None, head: Payload) -> Payload | None:
     candidate = head.get("candidate")
     if candidate is not None:
@@ -157,6 +172,60 @@ def _override_anchor(current: PenRef | None, head: Payload) -> Payload | None:
         ):
             return ref_from_dict(dict(candidate, kind="candidate")).to_dict()
     return None if current is None else current.to_dict()
+
+
+def head_anchor_ref(
+    base: Payload | None, head: Payload, pens: Sequence[Payload]
+) -> Payload | None:
+    """Return the slices' ``current_anchor_ref``: the original backend's candidate-anchor rule.
+
+    The chart highlights a candidate anchor only when it equals ``pen.head.candidate``, while the
+    engine's candidate ref follows ``pen.head.extending``. So the head candidate replaces the
+    base ref when there is no base, when both start at the same time, or when the candidate is
+    strictly stronger than the base; the base's strength is that of the head pen or confirmed
+    pen it names (-1 when it names none). Only the serialized head changes: the ledger, the
+    switches and the overlay's ``anchor.current`` keep the engine's ref.
+    """
+    ref = _normalized(base)
+    candidate = _normalized(head.get("candidate"), "candidate")
+    if candidate is not None and (
+        ref is None
+        or candidate["start_time"] == ref["start_time"]
+        or _strength(head["candidate"]) > _base_strength(ref, head, pens)
+    ):
+        return dict(head["candidate"], kind="candidate")
+    return ref
+
+
+def _normalized(raw: Payload | None, kind: str | None = None) -> Payload | None:
+    if raw is None:
+        return None
+    kind = kind or raw.get("kind")
+    if kind not in ("confirmed", "candidate") or raw.get("direction") not in (1, -1):
+        return None
+    if not (raw.get("start_time", 0) > 0 and raw.get("end_time", 0) > 0):
+        return None
+    return dict(raw, kind=kind)
+
+
+def _strength(pen: Payload) -> float:
+    return float(abs(pen["end_price"] - pen["start_price"]))
+
+
+def _same(a: Payload, b: Payload | None) -> bool:
+    keys = ("start_time", "end_time", "direction")
+    return b is not None and all(a[k] == b[k] for k in keys)
+
+
+def _base_strength(ref: Payload, head: Payload, pens: Sequence[Payload]) -> float:
+    for part in ("extending", "candidate"):
+        if _same(ref, head.get(part)):
+            return _strength(head[part])
+    matches = [p for p in pens
+               if p["start_time"] == ref["start_time"] and p["direction"] == ref["direction"]]
+    if matches:
+        return _strength(max(matches, key=lambda p: p["end_time"]))
+    return -1.0
 
 
 def anchor_history(switches: Sequence[Payload]) -> tuple[list[Payload], list[Payload]]:
@@ -185,7 +254,8 @@ def _factor_slices(view: FactorView) -> dict[str, tuple[Payload, Payload]]:
     if view.pens or view.switches:
         anchors, kept = anchor_history(view.switches)
         slices["anchor"] = (
-            {"anchors": anchors, "switches": kept}, {"current_anchor_ref": view.anchor_current}
+            {"anchors": anchors, "switches": kept},
+            {"current_anchor_ref": head_anchor_ref(view.anchor_base, view.pen_head, view.pens)},
         )
     return slices
 
