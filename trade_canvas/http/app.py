@@ -8,7 +8,9 @@ from typing import Any, Callable, Iterable
 
 import falcon
 
-from trade_canvas.http import backtest, debug, errors, factor, market, status, top_markets
+from trade_canvas.http import (
+    backtest, debug, errors, factor, frame, market, status, top_markets,
+)
 from trade_canvas.http.cors import Cors
 from trade_canvas.http.errors import DetailError
 from trade_canvas.http.media import JSON_HANDLER
@@ -53,6 +55,9 @@ def create_app(runtime: Runtime) -> falcon.App:
     app.add_route("/api/factor/slices", factor.Slices(runtime))
     app.add_route("/api/factor/health", factor.Health(runtime))
     app.add_route("/api/draw/delta", factor.DrawDelta(runtime))
+    app.add_route("/api/frame/live", frame.LiveFrame(runtime))
+    app.add_route("/api/frame/at_time", frame.FrameAtTime(runtime))
+    app.add_route("/api/delta/poll", frame.DeltaPoll(runtime))
     app.add_route("/ws/market", WebSocketOnly())
     if settings.enable_dev_api:
         app.add_route(

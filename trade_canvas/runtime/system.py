@@ -44,7 +44,7 @@ from trade_canvas.config import Settings, load_settings, load_whitelist, unknown
 from trade_canvas.errors import ConfigError, InvalidInput, TradeCanvasError, Unavailable
 from trade_canvas.exchanges import binance
 from trade_canvas.lifecycle import FeedDemand, FeedJob
-from trade_canvas.runtime import factor_reads, market_health
+from trade_canvas.runtime import factor_reads, frames, market_health
 from trade_canvas.runtime.cache import ResponseCache, WriteGenerations
 from trade_canvas.runtime.backtest import Backtests, start_backtests
 from trade_canvas.runtime.top_markets import TopMarkets, start_top_markets
@@ -156,6 +156,18 @@ class Runtime:
         record = group.children.get("factor") if group is not None else None
         body["factor_actor"] = record.snapshot() if record is not None else None
         return body
+
+    def live_frame(self, series: SeriesId, window: int) -> dict[str, Any]:
+        """Return the ``GET /api/frame/live`` body."""
+        return frames.live_frame(self.store, series, window)
+
+    def frame_at(self, series: SeriesId, at_time: int, window: int) -> dict[str, Any]:
+        """Return the ``GET /api/frame/at_time`` body."""
+        return frames.frame_at(self.store, series, at_time, window)
+
+    def delta_poll(self, series: SeriesId, after_id: int, window: int) -> dict[str, Any]:
+        """Return the ``GET /api/delta/poll`` body."""
+        return frames.delta_poll(self.store, series, after_id, window)
 
     # -- market health (the chart's lamp and debug tab)
 
