@@ -7,6 +7,7 @@ Postgres ``DOUBLE PRECISION`` all hold IEEE doubles, so one type avoids silent c
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -14,6 +15,12 @@ from trade_canvas.errors import InvalidInput
 from trade_canvas.series import Timeframe
 
 FIELDS = ("candle_time", "open", "high", "low", "close", "volume")
+PRICE_FIELDS = ("open", "high", "low", "close")
+
+# Numeric strings are plain decimals in ASCII (Binance sends "36500.12000000"): no blanks, no
+# underscores ("1_0" would read as 10), no other scripts' digits, no "nan"/"inf" spellings.
+_DECIMAL_RE = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_INTEGER_RE = re.compile(r"-?[0-9]{1,20}")  # longer ones are beyond any time anyway
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,15 +57,16 @@ def _number(raw: Mapping[str, Any], name: str) -> float:
     if isinstance(value, bool):
         raise InvalidInput(f"candle.{name} must be a number")
     if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise InvalidInput(f"candle.{name} must be a number") from None
+        if _DECIMAL_RE.fullmatch(value) is None:
+            raise InvalidInput(f"candle.{name} must be a number (a plain decimal string)")
+        value = float(value)
     if not isinstance(value, (int, float)):
         raise InvalidInput(f"candle.{name} must be a number")
     number = float(value)
     if not math.isfinite(number):
         raise InvalidInput(f"candle.{name} must be finite")
+    if name in PRICE_FIELDS and number <= 0:
+        raise InvalidInput(f"candle.{name} must be > 0")
     return number
 
 
@@ -69,9 +77,8 @@ def _candle_time(raw: Mapping[str, Any]) -> int:
     if isinstance(value, bool):
         raise InvalidInput("candle.candle_time must be an integer")
     if isinstance(value, str):
-        value = value.strip()
-        if not value.lstrip("-").isdigit():
-            raise InvalidInput("candle.candle_time must be an integer")
+        if _INTEGER_RE.fullmatch(value) is None:
+            raise InvalidInput("candle.candle_time must be an integer (ASCII digits)")
         value = int(value)
     if isinstance(value, float):
         if not value.is_integer():
@@ -88,9 +95,9 @@ def parse_candle(raw: object, timeframe: Timeframe, now: int) -> Candle:
     """Validate one wire candle for a series of ``timeframe`` at wall-clock ``now``.
 
     Raises:
-        InvalidInput: missing or non-finite fields, negative volume, low/high not bounding
-            open and close, a time not aligned to the timeframe or more than one timeframe
-            in the future.
+        InvalidInput: missing or non-finite fields, a price <= 0, negative volume, low/high
+            not bounding open and close, a time not aligned to the timeframe or more than one
+            timeframe in the future.
     """
     fast = _parse_plain(raw, timeframe.seconds, timeframe.offset, now)
     if fast is not None:
@@ -135,7 +142,7 @@ def _parse_plain(raw: object, step: int, offset: int, now: int) -> Candle | None
     o, h, lo, c, v = float(o), float(h), float(lo), float(c), float(v)
     if not (_isfinite(o) and _isfinite(h) and _isfinite(lo) and _isfinite(c) and _isfinite(v)):
         return None
-    if t < 0 or v < 0 or (t - offset) % step or t > now + step:
+    if t < 0 or v < 0 or lo <= 0 or (t - offset) % step or t > now + step:
         return None
     if not (lo <= o <= h and lo <= c <= h):
         return None

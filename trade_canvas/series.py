@@ -10,6 +10,14 @@ from trade_canvas.errors import InvalidInput
 
 EpochSeconds = NewType("EpochSeconds", int)
 
+# The largest time any request may name: 9999-12-31T23:59:59Z. Far beyond any candle, within
+# every store's 64-bit integers and exactly representable as a JSON double.
+MAX_EPOCH_SECONDS = 253_402_300_799
+MAX_SERIES_ID_LENGTH = 128
+# Components are printable ASCII without blanks: no control characters reach a log line, a
+# Postgres text column (which refuses NUL) or an exchange request.
+_COMPONENT_RE = re.compile(r"[!-~]+")
+
 _TIMEFRAME_RE = re.compile(r"^([1-9][0-9]{0,4})([mhdw])$")
 _UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
 # Weeks open on Monday 00:00 UTC (as Binance's 1w klines do); the unix epoch was a Thursday.
@@ -59,7 +67,7 @@ def parse_timeframe(text: str) -> Timeframe:
     Raises:
         InvalidInput: for anything else (``1M``, ``30s``, ``0m``, ``""``).
     """
-    match = _TIMEFRAME_RE.match(text.strip()) if isinstance(text, str) else None
+    match = _TIMEFRAME_RE.fullmatch(text.strip()) if isinstance(text, str) else None
     if match is None:
         raise InvalidInput(f"invalid timeframe: {text!r} (expected <n>m, <n>h, <n>d or <n>w)")
     count, unit = int(match.group(1)), match.group(2)
@@ -71,18 +79,27 @@ def parse_timeframe(text: str) -> Timeframe:
 def parse_series_id(text: object) -> SeriesId:
     """Parse a series id; the symbol is everything between market and timeframe.
 
-    Symbols may contain ``:`` (``binance:futures:BTC/USDT:USDT:1h``). Components are stripped.
+    Symbols may contain ``:`` (``binance:futures:BTC/USDT:USDT:1h``). Components are stripped
+    of surrounding blanks and must then be printable ASCII without blanks; the whole id is at
+    most MAX_SERIES_ID_LENGTH characters.
 
     Raises:
-        InvalidInput: on fewer than four parts, an empty component or a bad timeframe.
+        InvalidInput: on fewer than four parts, an empty component, a control, blank or
+            non-ASCII character, an id that is too long, or a bad timeframe.
     """
     if not isinstance(text, str) or not text.strip():
         raise InvalidInput("invalid series_id: must be a non-empty string")
+    if len(text) > MAX_SERIES_ID_LENGTH:
+        raise InvalidInput(f"invalid series_id: longer than {MAX_SERIES_ID_LENGTH} characters")
     parts = [part.strip() for part in text.split(":")]
     if len(parts) < 4:
         raise InvalidInput("invalid series_id: must be '{exchange}:{market}:{symbol}:{timeframe}'")
     if any(not part for part in parts):
         raise InvalidInput("invalid series_id (empty component)")
+    if any(_COMPONENT_RE.fullmatch(part) is None for part in parts):
+        raise InvalidInput(
+            "invalid series_id: only printable ASCII without blanks or control characters"
+        )
     return SeriesId(
         exchange=parts[0],
         market=parts[1],

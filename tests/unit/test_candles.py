@@ -85,3 +85,32 @@ def test_weekly_candles_must_open_on_monday() -> None:
     assert parse_candle(ok, week, monday + 86400).candle_time == monday
     with pytest.raises(InvalidInput, match="not aligned"):
         parse_candle({**GOOD, "candle_time": 604800 * 2812}, week, monday)
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"close": "1_5"}, "plain decimal"),
+        ({"volume": "1_0"}, "plain decimal"),
+        ({"open": " 1.5"}, "plain decimal"),
+        ({"open": "nan"}, "plain decimal"),
+        ({"high": "Infinity"}, "plain decimal"),
+        ({"close": "\u0661.\u0665"}, "plain decimal"),
+        ({"candle_time": "\u0661\u0666\u0669\u0669\u0669\u0669\u0669\u0669\u0669\u0668\u0660"}, "ASCII digits"),
+        ({"candle_time": "1_699_999_980"}, "ASCII digits"),
+        ({"candle_time": "9" * 5000}, "ASCII digits"),
+        ({"open": 0, "low": 0}, "must be > 0"),
+        ({"low": 0}, "must be > 0"),
+        ({"open": -1, "low": -2, "close": -1, "high": -0.5}, "must be > 0"),
+        ({"low": "0"}, "must be > 0"),
+    ],
+)
+def test_only_plain_numbers_and_positive_prices(change: dict, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        parse_candle({**GOOD, **change}, TF, NOW)
+
+
+def test_zero_volume_and_plain_decimal_strings_are_fine() -> None:
+    raw = {**GOOD, "open": "1.00000000", "high": "2e0", "low": ".5", "close": "1.5", "volume": "0"}
+    assert parse_candle(raw, TF, NOW) == Candle(1_699_999_980, 1.0, 2.0, 0.5, 1.5, 0.0)
+    assert parse_candle({**GOOD, "volume": 0}, TF, NOW).volume == 0.0

@@ -67,3 +67,29 @@ def test_weeks_open_on_monday() -> None:
     assert align_time(monday - 1, week) == monday - 604800
     assert expected_latest_closed_time(monday + 3600, week) == monday - 604800
     assert parse_timeframe("1h").is_aligned(3600 * 5) and parse_timeframe("1h").offset == 0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "binance:spot:BTC\x00/USDT:1m",
+        "binance:spot:BTC/USDT\n2024 INFO forged:1m",
+        "binance:spot:BTC USDT:1m",
+        "binance:spot:BTC/USDT\x7f:1m",
+        "binance:spot:BTC/ÜSDT:1m",
+        "binance:spot:" + "A" * 2700 + ":1m",
+        "binance:spot:" + "A" * (128 - len("binance:spot::1m") + 1) + ":1m",
+    ],
+)
+def test_series_id_grammar_rejects_control_blank_non_ascii_and_long(text: str) -> None:
+    with pytest.raises(InvalidInput, match="invalid"):
+        parse_series_id(text)
+
+
+def test_surrounding_blanks_are_trimmed_not_kept() -> None:
+    assert parse_series_id("binance:spot:BTC/USDT:1m\n").text == "binance:spot:BTC/USDT:1m"
+
+
+def test_series_id_of_exactly_the_maximum_length_is_accepted() -> None:
+    text = "binance:spot:" + "A" * (128 - len("binance:spot::1m")) + ":1m"
+    assert len(text) == 128 and parse_series_id(text).text == text
