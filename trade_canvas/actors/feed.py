@@ -5,6 +5,14 @@ Live kline frames come from the market's ``StreamConnections``. Forming updates 
 write. Whenever the stream (re)starts, and whenever a closed candle does not follow the last one,
 the missing closed candles are fetched over REST first, so subscribers see every candle once,
 in order. Duplicate and out-of-order frames (older than the last closed candle) are dropped.
+
+Writes are acknowledged: the feed sends one ``StoreCandles`` at a time with itself as
+``reply_to`` and moves its last-stored marker only on ``CandlesCommitted``. Candles that arrive
+meanwhile wait in a backlog; a ``StoreFailed`` (store outage), a store actor that is restarting,
+or no answer within ``STORE_ACK_TIMEOUT_S`` puts the batch back in front of the backlog, sent
+again with the next frame after ``STORE_RETRY_S``. So a store outage delays candles but leaves
+no hole, and nothing newer is published before the older candles are durable. A backlog longer
+than two REST tails is dropped and refilled over REST from the stored head instead.
 """
 
 from __future__ import annotations
@@ -18,11 +26,13 @@ import pykka
 from trade_canvas.actors.child import ChildLink, report_failure
 from trade_canvas.actors.messages import (
     AddStream,
+    CandlesCommitted,
     Crash,
     KlineReceived,
     PublishForming,
     RemoveStream,
     StoreCandles,
+    StoreFailed,
     StreamResumed,
 )
 from trade_canvas.actors.rest import BinanceRest, RateLimited
@@ -37,6 +47,8 @@ from trade_canvas.storage import CandleStore
 logger = logging.getLogger(__name__)
 
 REST_ATTEMPTS = 5
+STORE_RETRY_S = 1.0  # pause after a failed write before the backlog is sent again
+STORE_ACK_TIMEOUT_S = 30.0  # a write neither committed nor refused by then counts as failed
 
 
 class FeedActor(pykka.ThreadingActor):
@@ -71,10 +83,16 @@ class FeedActor(pykka.ThreadingActor):
         self.interval = binance.check_interval(series.timeframe)
         self.stream = binance.series_stream(series)
         self.max_limit = binance.limits_for(self.market).klines_max_limit
-        self.last: int | None = None
+        self.last: int | None = None  # newest candle time the store committed for this feed
+        self.backlog: list[Candle] = []  # closed candles not yet sent to the store, sorted
+        self.inflight: tuple[Candle, ...] = ()  # the one batch the store has not answered yet
+        self.inflight_at = 0.0
+        self.batch = 0
+        self.retry_at = 0.0
         self.filled = False
         self.holes: list[tuple[int, int]] = []  # ranges a REST fill could not fetch yet
-        self.counters = {"closed": 0, "forming": 0, "duplicates": 0, "filled": 0, "rest_errors": 0}
+        self.counters = {"closed": 0, "forming": 0, "duplicates": 0, "filled": 0, "rest_errors": 0,
+                         "store_errors": 0}
         # The latest history fill, for the K-line health lamp (GET /api/market/health).
         self.fill: dict[str, Any] | None = None
         link.record.extra = self._status
@@ -83,6 +101,7 @@ class FeedActor(pykka.ThreadingActor):
         return {"pinned": self.job.pinned, "refcount": self.job.refcount,
                 "idle_since": self.job.idle_since, "stream": self.stream,
                 "last_closed_time": self.last, "unfilled_holes": len(self.holes),
+                "unstored": len(self.backlog) + len(self.inflight),
                 "fill": self.fill, **self.counters}
 
     def on_start(self) -> None:
@@ -99,16 +118,23 @@ class FeedActor(pykka.ThreadingActor):
         self.link.handled()
         match message:
             case KlineReceived():
-                return self._kline(message.update)
+                self._kline(message.update)
+                return self._flush()
             case StreamResumed():
-                return self._fill_tail()
+                self._fill_tail()
+                return self._flush()
+            case CandlesCommitted():
+                return self._committed(message.batch)
+            case StoreFailed():
+                return self._store_failed(message.batch, message.error)
             case Crash():
                 raise RuntimeError(f"crash requested: {message.reason}")
         return None
 
     def _kline(self, update: binance.KlineUpdate) -> None:
         candle = update.candle
-        if self.last is not None and candle.candle_time <= self.last:
+        tip = self._tip()
+        if tip is not None and candle.candle_time <= tip:
             if update.closed:
                 self.counters["duplicates"] += 1
             return
@@ -118,20 +144,63 @@ class FeedActor(pykka.ThreadingActor):
             return
         if not self.filled:
             self._fill_tail()
-        if self.last is not None and candle.candle_time <= self.last:
+        tip = self._tip()
+        if tip is not None and candle.candle_time <= tip:
             return
         batch = self._retry_holes()
-        if self.last is not None and candle.candle_time > self.last + self.step:
-            batch += self._fetch_range(self.last + self.step, candle.candle_time - self.step)
+        if tip is not None and candle.candle_time > tip + self.step:
+            batch += self._fetch_range(tip + self.step, candle.candle_time - self.step)
         self.counters["closed"] += 1
-        self._store([*batch, candle])
+        self._queue([*batch, candle])
 
-    def _store(self, candles: list[Candle]) -> None:
-        candles = dedupe_sorted(candles)
-        if not candles:
+    def _tip(self) -> int | None:
+        """Return the newest candle time stored, being stored or waiting to be."""
+        times = [t for t in (self.last,) if t is not None]
+        times += [part[-1].candle_time for part in (self.backlog, self.inflight) if part]
+        return max(times) if times else None
+
+    def _queue(self, candles: list[Candle]) -> None:
+        if candles:
+            self.backlog = dedupe_sorted([*self.backlog, *candles])
+
+    def _flush(self) -> None:
+        """Send the backlog as the next write, unless one is unanswered or a retry is not due."""
+        now = self.clock()
+        if self.inflight:
+            if now - self.inflight_at < STORE_ACK_TIMEOUT_S:
+                return
+            self._store_failed(self.batch, f"no answer in {STORE_ACK_TIMEOUT_S:g}s")
+        if not self.backlog or now < self.retry_at:
             return
-        tell(self.lookup("store"), StoreCandles(tuple(candles)))
-        self.last = max(candles[-1].candle_time, self.last or 0)
+        if len(self.backlog) > 2 * self.tail_max:
+            # The store was down for longer than a REST tail covers: refetch from the stored
+            # head (the newest ``tail_max``) instead of holding an ever-growing backlog.
+            logger.warning("feed %s: dropping %d unstored candles; refilling from the store head",
+                           self.series.text, len(self.backlog))
+            self.backlog, self.filled = [], False
+            return
+        self.batch += 1
+        self.inflight, self.inflight_at, self.backlog = tuple(self.backlog), now, []
+        message = StoreCandles(self.inflight, reply_to=self.actor_ref, batch=self.batch)
+        if not tell(self.lookup("store"), message):
+            self._store_failed(self.batch, "store actor is restarting")
+
+    def _committed(self, batch: int) -> None:
+        if batch != self.batch or not self.inflight:
+            return  # the late answer to a batch already given up on and requeued
+        self.last = max(self.inflight[-1].candle_time, self.last or 0)
+        self.inflight = ()
+        self._flush()
+
+    def _store_failed(self, batch: int, error: str) -> None:
+        if batch != self.batch or not self.inflight:
+            return
+        self.counters["store_errors"] += 1
+        logger.warning("feed %s: storing %d candles failed (%s); retrying in %.1fs",
+                       self.series.text, len(self.inflight), error, STORE_RETRY_S)
+        self.backlog = dedupe_sorted([*self.inflight, *self.backlog])
+        self.inflight = ()
+        self.retry_at = self.clock() + STORE_RETRY_S
 
     def _rest(self, call: Callable[[], list[Candle]], what: str) -> list[Candle] | None:
         """Run a REST call, retrying rate limits and upstream errors with backoff."""
@@ -166,7 +235,7 @@ class FeedActor(pykka.ThreadingActor):
             return
         self.filled = True
         self.counters["filled"] += len(candles)
-        self._store(candles)
+        self._queue(candles)
         self._note_fill("succeeded", "tail_coverage")
         if candles:
             logger.info("feed %s: filled %d candles (%d..%d)", self.series.text, len(candles),
@@ -175,7 +244,7 @@ class FeedActor(pykka.ThreadingActor):
     def _note_fill(self, state: str, reason: str, error: str | None = None) -> None:
         now = int(self.clock())
         if state == "running" or self.fill is None:
-            behind = expected_latest_closed_time(now, self.series.timeframe) - (self.last or 0)
+            behind = expected_latest_closed_time(now, self.series.timeframe) - (self._tip() or 0)
             missing = min(max(0, behind), self.tail_max * self.step)
             self.fill = {"state": state, "started_at": now, "start_missing_seconds": missing}
         self.fill = {**self.fill, "state": state, "updated_at": now, "reason": reason,
@@ -186,7 +255,8 @@ class FeedActor(pykka.ThreadingActor):
         if not page:
             return []
         collected = page[:-1]  # the newest row is the candle still forming
-        start = None if self.last is None else self.last + self.step
+        tip = self._tip()
+        start = None if tip is None else tip + self.step
         while (
             len(page) >= 2
             and len(collected) < self.tail_max
@@ -202,9 +272,10 @@ class FeedActor(pykka.ThreadingActor):
         return kept[-self.tail_max:]
 
     def _tail_limit(self) -> int:
-        if self.last is None:
+        tip = self._tip()
+        if tip is None:
             return min(self.max_limit, self.tail_max + 1)
-        behind = int((self.clock() - self.last) // self.step) + 2
+        behind = int((self.clock() - tip) // self.step) + 2
         return max(2, min(self.max_limit, behind, self.tail_max + 1))
 
     def _fetch_range(self, start: int, end: int) -> list[Candle]:

@@ -28,10 +28,31 @@ class StopSeries:
 
 @dataclass(frozen=True, slots=True)
 class StoreCandles:
-    """Write closed candles (sorted, unique times); answers the count written."""
+    """Write closed candles (sorted, unique times); answers the count written.
+
+    Sent with ``reply_to`` (a feed), the store actor tells it ``CandlesCommitted`` or
+    ``StoreFailed`` with ``batch`` instead of failing, so the sender advances only on a commit.
+    """
 
     candles: tuple[Candle, ...]
     publish: bool = True
+    reply_to: Any = None
+    batch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CandlesCommitted:
+    """The ``StoreCandles`` numbered ``batch`` is durable."""
+
+    batch: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreFailed:
+    """The ``StoreCandles`` numbered ``batch`` was not written (the store is unavailable)."""
+
+    batch: int
+    error: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,14 @@ from typing import Any, Callable
 import pykka
 
 from trade_canvas.actors.child import ChildLink, report_failure
-from trade_canvas.actors.messages import CandlesStored, Crash, StoreCandles
+from trade_canvas.actors.messages import (
+    CandlesCommitted,
+    CandlesStored,
+    Crash,
+    StoreCandles,
+    StoreFailed,
+)
+from trade_canvas.errors import Unavailable
 from trade_canvas.series import SeriesId
 from trade_canvas.storage import CandleStore
 
@@ -51,13 +58,26 @@ class StoreActor(pykka.ThreadingActor):
         return None
 
     def _store(self, message: StoreCandles) -> int:
-        self.store.upsert_candles(self.series.text, message.candles)
+        try:
+            self.store.upsert_candles(self.series.text, message.candles)
+        except Exception as exc:
+            # An outage (Unavailable) is answered, not died of: a restart would only add backoff
+            # before the next write, and the sender keeps the candles until a write commits.
+            # An asker (reply_to None) gets the exception through its future either way.
+            if message.reply_to is not None:
+                tell(message.reply_to, StoreFailed(message.batch, f"{type(exc).__name__}: {exc}"))
+                if isinstance(exc, Unavailable):
+                    logger.warning("store %s: write failed: %s", self.series.text, exc)
+                    return 0
+            raise
         if self.on_written is not None:
             self.on_written(self.series.text)
         if message.publish:
             stored = CandlesStored(message.candles)
             for kind in ("hub", "factor"):
                 tell(self.lookup(kind), stored)
+        if message.reply_to is not None:
+            tell(message.reply_to, CandlesCommitted(message.batch))
         return len(message.candles)
 
 

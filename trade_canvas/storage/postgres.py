@@ -52,6 +52,10 @@ CHUNK_INTERVAL_S = 7 * 24 * 3600
 COPY_MIN_ROWS = 32
 # Backoff before each retry of an operation that lost its connection; len() is the retry count.
 RETRY_DELAYS_S: tuple[float, ...] = (0.05, 0.25, 1.0)
+# How long the pool retries one lost connection (backoff 1 s, 2 s, ...) before it gives the slot
+# up; the next request then connects at once. The pool's default (300 s) let the backoff grow to
+# 16 s and more during an outage, so requests kept failing for ~20 s after the server was back.
+RECONNECT_TIMEOUT_S = 3.0
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 T = TypeVar("T")
@@ -385,6 +389,7 @@ class PostgresCandleStore:
             min_size=min_size,
             max_size=max_size,
             timeout=timeout_s,
+            reconnect_timeout=RECONNECT_TIMEOUT_S,
             name=f"trade_canvas.{self.schema}",
             open=False,
         )
