@@ -55,10 +55,10 @@ from trade_canvas.candles import Candle
 from trade_canvas.config import Settings
 from trade_canvas.errors import InvalidInput
 from trade_canvas.factors import draw, engine
-from trade_canvas.factors.engine import FactorParams, FactorState
+from trade_canvas.factors.engine import FactorParams
 from trade_canvas.factors.events import FactorEvent
 from trade_canvas.factors.fingerprint import fingerprint
-from trade_canvas.factors.slices import build_view
+from trade_canvas.factors.overlay import Overlay, OverlayChange
 from trade_canvas.series import SeriesId
 from trade_canvas.storage import CandleStore, DrawVersion, FactorSnapshot
 
@@ -114,11 +114,8 @@ class FactorActor(pykka.ThreadingActor):
         self.state = engine.initial_state(options.params)
         self.fingerprint = options.fingerprint  # the one written with snapshots
         self.store_head: int | None = None
-        self.drawn: dict[str, str] = {}
-        # Events of the draw window, kept in memory so a closed candle does not re-read the
-        # window's ledger from the store; loaded once on resume, appended as candles fold.
-        self.window: list[FactorEvent] = []
-        self.pushed_active: list[str] | None = None
+        # The draw window, decoded and rendered in memory: a fold rebuilds only what it changes.
+        self.overlay = Overlay(self.step_s, DRAW_WINDOW_CANDLES)
         self.last_version = 0
         self.cursor: int | None = None  # catching up: fold stored candles after this time
         self.rebuilding = False
@@ -186,10 +183,11 @@ class FactorActor(pykka.ThreadingActor):
             self.fingerprint = snapshot.fingerprint  # a later rebuild still sees the mismatch
         self.state = state
         self.last_version = self.store.last_draw_version(self.sid)
+        window: list[FactorEvent] = []
         if state.head_time is not None:
             start = state.head_time - DRAW_WINDOW_CANDLES * self.step_s
-            self.window = self.store.read_factor_events(self.sid, start, state.head_time)
-        self.drawn = {i.instruction_id: i.definition_json for i in self._render(state, [])}
+            window = self.store.read_factor_events(self.sid, start, state.head_time)
+        self.overlay.load(window, state)
         return True
 
     def _unusable(self, reason: str) -> bool:
@@ -212,8 +210,7 @@ class FactorActor(pykka.ThreadingActor):
 
     def _catch_up_from_tail(self) -> None:
         self.state = engine.initial_state(self.options.params)
-        self.drawn = {}
-        self.window = []
+        self.overlay = Overlay(self.step_s, DRAW_WINDOW_CANDLES)
         self.last_version = self.store.last_draw_version(self.sid)
         tail = self.store.read_tail(self.sid, self.options.keep_candles)
         if tail:
@@ -275,41 +272,23 @@ class FactorActor(pykka.ThreadingActor):
         if state.head_time == self.state.head_time:
             return
         assert state.head_time is not None
-        current = self._render(state, events)
-        changed = draw.changed(self.drawn, current)
+        change = self.overlay.advance(state, events)
         snapshot = FactorSnapshot(state.head_time, self.fingerprint, engine.state_to_json(state))
-        versions = self.store.save_factor_batch(self.sid, events, snapshot, changed)
+        versions = self.store.save_factor_batch(self.sid, events, snapshot, change.changed)
         self.state = state
-        self.drawn = {i.instruction_id: i.definition_json for i in current}
-        start = state.head_time - DRAW_WINDOW_CANDLES * self.step_s
-        self.window = [e for e in (*self.window, *events) if e.candle_time >= start]
         if self.rebuilding:
             self.rebuild_folded += len(candles)
             self.last_version = max([self.last_version] + [v.version_id for v in versions])
-        else:
-            self._push(state.head_time, current, versions)
+        elif not change.empty:
+            self._push(state.head_time, change, versions)
 
-    def _render(
-        self, state: FactorState, new_events: Sequence[FactorEvent]
-    ) -> list[draw.Instruction]:
-        head = state.head_time
-        if head is None:
-            return []
-        start = head - DRAW_WINDOW_CANDLES * self.step_s
-        rows = [e for e in self.window if start <= e.candle_time <= head] + list(new_events)
-        return draw.render(build_view(head, rows, (), state), start)
-
-    def _push(
-        self, head: int, current: list[draw.Instruction], versions: list[DrawVersion]
-    ) -> None:
-        start = head - DRAW_WINDOW_CANDLES * self.step_s
-        active = draw.active_ids(current, start, head)
-        if not versions and active == self.pushed_active:
-            return  # nothing a subscriber's overlay would change: no message at all
-        self.pushed_active = active
-        body = draw.draw_delta_payload(
-            self.sid, head, self.last_version, [v.to_dict() for v in versions], active,
-        )
-        message = {"type": "draw_delta", **body, "from_version_id": self.last_version}
+    def _push(self, head: int, change: OverlayChange, versions: list[DrawVersion]) -> None:
+        patch = [v.to_dict() for v in versions]
+        body = draw.draw_delta_payload(self.sid, head, self.last_version, patch, ())
+        del body["active_ids"]  # a push carries what changed, never the whole active list
+        message = {"type": "draw_delta", **body, "from_version_id": self.last_version,
+                   "removed_ids": change.removed_ids}
+        if change.added_ids:  # a change a diff cannot express: send the whole active list
+            message["active_ids"] = self.overlay.active_ids()
         self.last_version = body["next_cursor"]["version_id"]
         tell(self.lookup("hub"), DrawChanged(message))

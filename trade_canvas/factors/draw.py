@@ -29,7 +29,7 @@ Instruction ids::
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from trade_canvas.factors.events import encode_payload
@@ -50,12 +50,17 @@ HISTORY_COLOR = "rgba(59,130,246,0.55)"
 
 @dataclass(frozen=True, slots=True)
 class Instruction:
-    """One drawable: ``kind`` is ``marker`` or ``polyline``; the definition is canonical JSON."""
+    """One drawable: ``kind`` is ``marker`` or ``polyline``; the definition is canonical JSON.
+
+    ``times`` are the marker's time or the polyline's point times (what the window test reads),
+    kept beside the JSON so that deciding whether an instruction is drawn needs no decoding.
+    """
 
     instruction_id: str
     kind: str
     visible_time: int
     definition_json: str
+    times: tuple[int, ...] = field(default=(), compare=False)
 
     def definition(self) -> dict[str, Any]:
         """Return a fresh dict of the definition."""
@@ -64,7 +69,11 @@ class Instruction:
 
 
 def _make(instruction_id: str, kind: str, visible_time: int, definition: Payload) -> Instruction:
-    return Instruction(instruction_id, kind, visible_time, encode_payload(definition))
+    if kind == "marker":
+        times: tuple[int, ...] = (definition["time"],)
+    else:
+        times = tuple(point["time"] for point in definition["points"])
+    return Instruction(instruction_id, kind, visible_time, encode_payload(definition), times)
 
 
 def _pivot_markers(feature: str, pivots: Sequence[Payload], size: float) -> list[Instruction]:
@@ -113,22 +122,30 @@ def _polyline(
     return [_make(ident, "polyline", visible_time, definition)]
 
 
-def _pen_lines(view: FactorView, window_start: int) -> list[Instruction]:
-    pens = sorted(
-        (p for p in view.pens if p["end_time"] >= window_start and p["start_time"] <= view.at_time),
+def confirmed_pen_line(
+    pens: Iterable[Payload], window_start: int, at_time: int
+) -> list[Instruction]:
+    """Return the ``pen.confirmed`` polyline through the pens that reach into the window."""
+    chosen = sorted(
+        (p for p in pens if p["end_time"] >= window_start and p["start_time"] <= at_time),
         key=lambda p: (p["start_time"], p["visible_time"]),
     )
     points: list[tuple[int, float]] = []
-    for p in pens:
+    for p in chosen:
         if not points or points[-1] != (p["start_time"], p["start_price"]):
             points.append((p["start_time"], p["start_price"]))
         points.append((p["end_time"], p["end_price"]))
-    result = _polyline("pen.confirmed", "pen.confirmed", view.at_time, points, WHITE, 2)
+    return _polyline("pen.confirmed", "pen.confirmed", at_time, points, WHITE, 2)
+
+
+def pen_head_lines(pen_head: Mapping[str, Any], at_time: int) -> list[Instruction]:
+    """Return the dashed ``pen.extending`` and ``pen.candidate`` lines of the pen head."""
+    result = []
     for part in ("extending", "candidate"):
-        seg = view.pen_head.get(part)
+        seg = pen_head.get(part)
         if seg is not None:
             line = [(seg["start_time"], seg["start_price"]), (seg["end_time"], seg["end_price"])]
-            result += _polyline(f"pen.{part}", f"pen.{part}", view.at_time, line, WHITE, 2, True)
+            result += _polyline(f"pen.{part}", f"pen.{part}", at_time, line, WHITE, 2, True)
     return result
 
 
@@ -146,28 +163,46 @@ def _zone_lines(
     return result
 
 
-def _zhongshu_lines(view: FactorView) -> list[Instruction]:
+def dead_zone_lines(zone: Payload) -> list[Instruction]:
+    """Return the top and bottom lines of one dead zone."""
+    prefix = (
+        f"zhongshu.dead:{zone['start_time']}:{zone['end_time']}:"
+        f"{zone['zg']:.6f}:{zone['zd']:.6f}"
+    )
+    return _zone_lines(prefix, zone, zone["visible_time"], DEAD_COLORS)
+
+
+def alive_zone_lines(alive: Iterable[Payload], at_time: int) -> list[Instruction]:
+    """Return the top and bottom lines of the alive zone (none without one)."""
     result = []
-    for zone in view.dead:
-        prefix = (
-            f"zhongshu.dead:{zone['start_time']}:{zone['end_time']}:"
-            f"{zone['zg']:.6f}:{zone['zd']:.6f}"
-        )
-        result += _zone_lines(prefix, zone, zone["visible_time"], DEAD_COLORS)
-    for zone in view.alive:
-        result += _zone_lines("zhongshu.alive", zone, view.at_time, ALIVE_COLORS)
+    for zone in alive:
+        result += _zone_lines("zhongshu.alive", zone, at_time, ALIVE_COLORS)
     return result
 
 
-def _anchor_lines(view: FactorView) -> list[Instruction]:
+def _zhongshu_lines(view: FactorView) -> list[Instruction]:
+    result = []
+    for zone in view.dead:
+        result += dead_zone_lines(zone)
+    return result + alive_zone_lines(view.alive, view.at_time)
+
+
+def current_anchor_line(current: Payload | None, at_time: int) -> list[Instruction]:
+    """Return the ``anchor.current`` line (dashed while the anchor is a candidate)."""
+    if current is None:
+        return []
+    line = [(current["start_time"], current["start_price"]),
+            (current["end_time"], current["end_price"])]
+    dashed = current["kind"] == "candidate"
+    return _polyline("anchor.current", "anchor.current", at_time, line, AMBER, 2, dashed)
+
+
+def anchor_history_lines(
+    switches: Sequence[Payload], current: Payload | None
+) -> list[Instruction]:
+    """Return one line per earlier anchor (``switches`` sorted as in a view), except the current."""
     result: list[Instruction] = []
-    current = view.anchor_current
-    if current is not None:
-        line = [(current["start_time"], current["start_price"]),
-                (current["end_time"], current["end_price"])]
-        dashed = current["kind"] == "candidate"
-        result += _polyline("anchor.current", "anchor.current", view.at_time, line, AMBER, 2, dashed)
-    anchors, kept = anchor_history(view.switches)
+    anchors, kept = anchor_history(switches)
     for ref, row in zip(anchors, kept):
         if current is not None and ref["start_time"] == current["start_time"]:
             continue
@@ -182,15 +217,30 @@ def _anchor_lines(view: FactorView) -> list[Instruction]:
     return result
 
 
+def event_instructions(kind: str, payload: Payload) -> list[Instruction]:
+    """Return what one ledger event draws by itself (markers, dead zones); [] for the others."""
+    if kind == "pivot.major":
+        return _pivot_markers("pivot.major", (payload,), 1.0)
+    if kind == "pivot.minor":
+        return _pivot_markers("pivot.minor", (payload,), 0.5)
+    if kind == "anchor.switch":
+        return _switch_markers((payload,))
+    if kind == "zhongshu.dead":
+        return dead_zone_lines(payload)
+    return []
+
+
 def render(view: FactorView, window_start: int) -> list[Instruction]:
     """Return every instruction drawn at ``view.at_time``, sorted by id."""
     result = (
         _pivot_markers("pivot.major", view.majors, 1.0)
         + _pivot_markers("pivot.minor", view.minors, 0.5)
         + _switch_markers(view.switches)
-        + _pen_lines(view, window_start)
+        + confirmed_pen_line(view.pens, window_start, view.at_time)
+        + pen_head_lines(view.pen_head, view.at_time)
         + _zhongshu_lines(view)
-        + _anchor_lines(view)
+        + current_anchor_line(view.anchor_current, view.at_time)
+        + anchor_history_lines(view.switches, view.anchor_current)
     )
     return sorted(result, key=lambda ins: ins.instruction_id)
 
@@ -200,19 +250,14 @@ def changed(latest: Mapping[str, str], current: Iterable[Instruction]) -> list[I
     return [ins for ins in current if latest.get(ins.instruction_id) != ins.definition_json]
 
 
-def _in_window(ins: Instruction, window_start: int, to_time: int) -> bool:
-    definition = ins.definition()
-    if ins.kind == "marker":
-        return bool(window_start <= definition["time"] <= to_time)
-    return any(window_start <= point["time"] <= to_time for point in definition["points"])
+def in_window(ins: Instruction, window_start: int, to_time: int) -> bool:
+    """Return whether the instruction is visible by ``to_time`` and touches the window."""
+    return ins.visible_time <= to_time and any(window_start <= t <= to_time for t in ins.times)
 
 
 def active_ids(current: Iterable[Instruction], window_start: int, to_time: int) -> list[str]:
     """Return the sorted ids of drawn instructions with a marker time or a point in the window."""
-    return sorted(
-        ins.instruction_id for ins in current
-        if ins.visible_time <= to_time and _in_window(ins, window_start, to_time)
-    )
+    return sorted(ins.instruction_id for ins in current if in_window(ins, window_start, to_time))
 
 
 def draw_delta_payload(
