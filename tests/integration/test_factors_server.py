@@ -112,3 +112,36 @@ def test_factors_computed_pushed_and_rebuilt_once(start_server, store_env) -> No
     check_factor_output(server)
     assert candle_times(server) == before  # a rebuild never deletes candles
     assert server.log().count("factor rebuild of") == 2  # started + done, exactly once
+
+
+def test_unpublished_batch_gets_factors_and_draw_only_goes_to_draw_clients(start_server) -> None:
+    server = start_server()
+    plain = websocket.create_connection(server.ws_url, timeout=10)
+    plain.send(json.dumps({"type": "subscribe", "series_id": S, "since": 0}))
+    drawing = subscribe(server)
+    half = CANDLES[:2000]
+    status, _ = server.post("/api/market/ingest/candles_closed_batch", {
+        "series_id": S, "candles": [c.to_dict() for c in half], "publish_ws": False,
+    })
+    assert status == 200
+    wait_green(server)  # the factor ledger follows candles that were not published
+    at = half[-1].candle_time
+    status, body = server.get(f"/api/factor/slices?series_id={S}&at_time={at}")
+    assert status == 200 and body["candle_id"] == f"{S}:{at}"
+    assert {"pivot", "pen"} <= set(body["factors"])
+    # then live candles: the draw client gets small deltas, the plain one candles only
+    for candle in CANDLES[2000:2040]:
+        status, _ = server.post("/api/market/ingest/candle_closed",
+                                {"series_id": S, "candle": candle.to_dict()})
+        assert status == 200
+    last = CANDLES[2039].candle_time
+    pushed = receive_until(drawing, lambda m: m["type"] == "draw_delta" and m["to_candle_time"] == last)
+    deltas = [m for m in pushed if m["type"] == "draw_delta"]
+    assert deltas and all("removed_ids" in m and "active_ids" not in m for m in deltas)
+    got = receive_until(plain, lambda m: m["type"] == "candle_closed" and m["candle"]["candle_time"] == last)
+    plain.settimeout(1.0)
+    with pytest.raises(websocket.WebSocketTimeoutException):
+        while True:
+            got.append(json.loads(plain.recv()))
+    assert all(m["type"] != "draw_delta" for m in got)
+    assert len([m for m in got if m["type"] == "candle_closed"]) == 40

@@ -72,10 +72,11 @@ class StoreActor(pykka.ThreadingActor):
             raise
         if self.on_written is not None:
             self.on_written(self.series.text)
+        # Factors follow every stored candle; only subscribers depend on ``publish``.
+        stored = CandlesStored(message.candles)
         if message.publish:
-            stored = CandlesStored(message.candles)
-            for kind in ("hub", "factor"):
-                tell(self.lookup(kind), stored)
+            tell(self.lookup("hub"), stored)
+        tell(self.lookup("factor"), stored)
         if message.reply_to is not None:
             tell(message.reply_to, CandlesCommitted(message.batch))
         return len(message.candles)
