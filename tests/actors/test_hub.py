@@ -202,3 +202,32 @@ def test_direct_writes_skip_the_queue_and_keep_order() -> None:
     assert box.offer([encode({"n": 4})]) and box.pending() == 1  # writer busy: queue
     box.sent()
     assert box.offer([encode({"n": 5})]) and box.pending() == 2  # backlog still goes first
+
+
+class _FailingReads(MemoryCandleStore):
+    """Reads of one cursor fail as SQLite does for a time beyond 64 bits."""
+
+    def read_since(self, series_id, since, limit):
+        if since >= 2**62:
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        return super().read_since(series_id, since, limit)
+
+
+def test_a_failing_catch_up_drops_only_that_subscriber_with_an_error() -> None:
+    store = _FailingReads()
+    store.upsert_candles(S.text, [c(60), c(120)])
+    hub = make_hub(store)
+    good, bad = Outbox(10), Outbox(10)
+    hub.on_receive(Subscribe(good, None, False))
+    hub.on_receive(Subscribe(bad, 2**63, False))  # must not raise out of the hub
+    [error] = drain(bad)
+    assert (error["type"], error["code"], error["series_id"]) == ("error", "unavailable", S.text)
+    assert list(hub.state.subscriptions) == [good.id]
+    hub.on_receive(CandlesStored((c(180),)))
+    assert [m["candle"]["candle_time"] for m in drain(good)] == [60, 120, 180]
+    assert drain(bad) == []
+    record = ChildRecord(kind="hub", series_id=S.text, start=lambda link: None)
+    reborn = SubscriberHub(S, store, hub.state, ChildLink(record, None),
+                           catchup_limit=100, forming_interval_s=0.25)
+    reborn.on_start()  # the dropped subscription is never replayed
+    assert drain(bad) == []

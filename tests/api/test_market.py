@@ -1,5 +1,7 @@
 """HTTP contract of the market endpoints (Falcon TestClient, real runtime on temp SQLite)."""
 
+import json
+
 import pytest
 
 from tests.api.conftest import NOW
@@ -42,8 +44,14 @@ def test_unknown_series_is_empty(client) -> None:
         ({}, "series_id is required"),
         ({"series_id": S, "limit": "0"}, "limit must be an integer in 1..5000"),
         ({"series_id": S, "limit": "5001"}, "limit must be an integer in 1..5000"),
-        ({"series_id": S, "since": "-1"}, "since must be an integer >= 0"),
-        ({"series_id": S, "since": "abc"}, "since must be an integer >= 0"),
+        ({"series_id": S, "since": "-1"}, "since must be an integer in 0..253402300799"),
+        ({"series_id": S, "since": "abc"}, "since must be an integer in 0..253402300799"),
+        ({"series_id": S, "since": str(2**63)}, "since must be an integer in 0..253402300799"),
+        ({"series_id": S, "since": "9" * 5000}, "since must be an integer in 0.."),
+        ({"series_id": S, "since": "1_0"}, "since must be an integer in 0.."),
+        ({"series_id": S, "since": "\u0661\u0662"}, "since must be an integer in 0.."),
+        ({"series_id": S, "since": " 12"}, "since must be an integer in 0.."),
+        ({"series_id": S, "limit": "1_0"}, "limit must be an integer in 1..5000"),
         ({"series_id": "binance:spot:1m"}, "invalid series_id"),
         ({"series_id": "binance:spot:BTC/USDT:1M"}, "invalid timeframe"),
     ],
@@ -183,3 +191,23 @@ def test_repeated_reads_see_every_new_write(client) -> None:
     body = client.simulate_get("/api/market/candles", params={"series_id": S, "limit": 5}).json
     assert body["candles"][0]["close"] == 1.9
     assert client.simulate_get("/api/runtime/actors").json["read_cache"]["hits"] >= 4
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
+                                          "application/jsonx", "multipart/form-data; boundary=x"])
+def test_post_bodies_must_be_json_415(client, content_type) -> None:
+    body = b'{"series_id": "%s", "candle": {}}' % S.encode()
+    headers = {"content-type": content_type} if content_type else {}
+    result = client.simulate_post("/api/market/ingest/candle_closed", body=body, headers=headers)
+    assert result.status_code == 415
+    assert result.json == {"detail": "request body must be application/json"}
+    assert client.runtime.store.series_ids() == []
+
+
+def test_json_with_charset_is_json(client) -> None:
+    body = {"series_id": S, "candle": candle(NOW - NOW % 60)}
+    result = client.simulate_post(
+        "/api/market/ingest/candle_closed", body=json.dumps(body).encode(),
+        headers={"content-type": "Application/JSON; charset=utf-8"},
+    )
+    assert result.status_code == 200

@@ -33,6 +33,9 @@ def test_subscribe_defaults() -> None:
         ('{"type":"subscribe","series_id":"%s","since":1.5}' % S, "invalid since"),
         ('{"type":"subscribe","series_id":"%s","since":true}' % S, "invalid since"),
         ('{"type":"subscribe","series_id":"%s","since":-1}' % S, "invalid since"),
+        ('{"type":"subscribe","series_id":"%s","since":9223372036854775808}' % S, "invalid since"),
+        ('{"type":"subscribe","series_id":"%s","since":253402300800}' % S, "invalid since"),
+        ('{"type":"subscribe","series_id":"binance:spot:BTC\\u0000:1m"}', "invalid series_id"),
         ('{"type":"subscribe","series_id":"%s","supports_batch":1}' % S, "invalid supports_batch"),
     ],
 )

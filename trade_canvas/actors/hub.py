@@ -36,6 +36,7 @@ from trade_canvas.actors.messages import (
     Unsubscribe,
 )
 from trade_canvas.candles import Candle
+from trade_canvas.errors import TradeCanvasError
 from trade_canvas.series import SeriesId
 from trade_canvas.storage import CandleStore
 
@@ -231,7 +232,7 @@ class SubscriberHub(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         for sub in list(self.state.subscriptions.values()):
-            self._catch_up(sub, sub.cursor)
+            self._catch_up_or_drop(sub, sub.cursor)
         self.link.started()
 
     on_failure = report_failure
@@ -259,10 +260,29 @@ class SubscriberHub(pykka.ThreadingActor):
     def _subscribe(self, message: Subscribe) -> None:
         sub = Subscription(message.outbox, message.since, message.supports_batch, message.draw)
         self.state.subscriptions[message.outbox.id] = sub
-        self._catch_up(sub, message.since)
+        self._catch_up_or_drop(sub, message.since)
 
     def _unsubscribe(self, outbox: Outbox) -> None:
         self.state.subscriptions.pop(outbox.id, None)
+
+    def _catch_up_or_drop(self, sub: Subscription, since: int | None) -> None:
+        # Boundary: a catch-up that fails must cost only its own subscription. Were the hub to
+        # crash, its restart would replay the same catch-up (subscriptions outlive the actor)
+        # and crash again, for every subscriber of the series.
+        try:
+            self._catch_up(sub, since)
+        except Exception as exc:
+            self.state.subscriptions.pop(sub.outbox.id, None)
+            if isinstance(exc, TradeCanvasError):
+                logger.warning("hub %s dropped subscriber #%d: catch-up failed: %s",
+                               self.series.text, sub.outbox.id, exc)
+            else:
+                logger.exception("hub %s dropped subscriber #%d: catch-up failed",
+                                 self.series.text, sub.outbox.id)
+            sub.outbox.offer([encode({
+                "type": "error", "code": "unavailable", "series_id": self.series.text,
+                "message": f"catch-up failed ({type(exc).__name__}); subscribe again",
+            })])
 
     def _catch_up(self, sub: Subscription, since: int | None) -> None:
         sid = self.series.text

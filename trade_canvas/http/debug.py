@@ -8,7 +8,7 @@ from trade_canvas.errors import InvalidInput
 from trade_canvas.http.errors import DetailError
 from trade_canvas.http.media import query_int, query_required
 from trade_canvas.runtime.system import Runtime
-from trade_canvas.series import SeriesId, parse_series_id
+from trade_canvas.series import MAX_EPOCH_SECONDS, SeriesId, parse_series_id
 
 
 def parsed_series(req: falcon.Request) -> SeriesId:
@@ -27,7 +27,7 @@ class MarketHealth:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         series = parsed_series(req)
-        now = query_int(req, "now_time", default=None, minimum=0)
+        now = query_int(req, "now_time", default=None, minimum=0, maximum=MAX_EPOCH_SECONDS)
         resp.media = self.runtime.market_health(series, now)
 
 

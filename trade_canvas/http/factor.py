@@ -7,7 +7,7 @@ import falcon
 from trade_canvas.factors import catalog
 from trade_canvas.http.media import query_int, query_required
 from trade_canvas.runtime.system import Runtime
-from trade_canvas.series import SeriesId, parse_series_id
+from trade_canvas.series import MAX_EPOCH_SECONDS, SeriesId, parse_series_id
 
 MAX_WINDOW_CANDLES = 5000
 DEFAULT_WINDOW_CANDLES = 2000
@@ -41,7 +41,7 @@ class Slices:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         series = _series(req)
         query_required(req, "at_time")
-        at_time = query_int(req, "at_time", default=None, minimum=0)
+        at_time = query_int(req, "at_time", default=None, minimum=0, maximum=MAX_EPOCH_SECONDS)
         assert at_time is not None
         resp.media = self.runtime.factor_slices(series, at_time, _window(req))
 
@@ -65,6 +65,6 @@ class DrawDelta:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         series = _series(req)
         cursor = query_int(req, "cursor_version_id", default=0, minimum=0)
-        at_time = query_int(req, "at_time", default=None, minimum=0)
+        at_time = query_int(req, "at_time", default=None, minimum=0, maximum=MAX_EPOCH_SECONDS)
         assert cursor is not None
         resp.media = self.runtime.draw_delta(series, cursor, _window(req), at_time)

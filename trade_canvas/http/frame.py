@@ -7,7 +7,7 @@ import falcon
 from trade_canvas.http.factor import DEFAULT_WINDOW_CANDLES, MAX_WINDOW_CANDLES
 from trade_canvas.http.media import query_int, query_required
 from trade_canvas.runtime.system import Runtime
-from trade_canvas.series import parse_series_id
+from trade_canvas.series import MAX_EPOCH_SECONDS, parse_series_id
 
 
 def _window(req: falcon.Request) -> int:
@@ -38,7 +38,7 @@ class FrameAtTime:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         series = parse_series_id(query_required(req, "series_id"))
         query_required(req, "at_time")
-        at_time = query_int(req, "at_time", default=None, minimum=0)
+        at_time = query_int(req, "at_time", default=None, minimum=0, maximum=MAX_EPOCH_SECONDS)
         assert at_time is not None
         resp.media = self.runtime.frame_at(series, at_time, _window(req))
 

@@ -11,7 +11,7 @@ from trade_canvas.errors import InvalidInput
 from trade_canvas.http.errors import DetailError
 from trade_canvas.http.media import query_int, query_required, read_json_object
 from trade_canvas.runtime.system import Runtime
-from trade_canvas.series import SeriesId, parse_series_id
+from trade_canvas.series import MAX_EPOCH_SECONDS, SeriesId, parse_series_id
 
 MAX_READ_LIMIT = 5000
 MAX_BATCH = 5000
@@ -40,7 +40,7 @@ class Candles:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         series = parse_series_id(query_required(req, "series_id"))
-        since = query_int(req, "since", default=None, minimum=0)
+        since = query_int(req, "since", default=None, minimum=0, maximum=MAX_EPOCH_SECONDS)
         limit = query_int(req, "limit", default=500, minimum=1, maximum=MAX_READ_LIMIT)
         assert limit is not None
         resp.content_type = falcon.MEDIA_JSON

@@ -23,7 +23,7 @@ import simple_websocket
 from trade_canvas.actors.hub import Frame, encode
 from trade_canvas.errors import TradeCanvasError
 from trade_canvas.runtime.system import Runtime
-from trade_canvas.series import SeriesId, parse_series_id
+from trade_canvas.series import MAX_EPOCH_SECONDS, SeriesId, parse_series_id
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +87,9 @@ def _subscribe(message: dict[str, Any]) -> SubscribeCommand:
     except TradeCanvasError as exc:
         raise BadRequest(str(exc)) from None
     since = message.get("since")
-    if since is not None and (isinstance(since, bool) or not isinstance(since, int) or since < 0):
-        raise BadRequest("invalid since")
+    if since is not None and (isinstance(since, bool) or not isinstance(since, int)
+                              or not 0 <= since <= MAX_EPOCH_SECONDS):
+        raise BadRequest(f"invalid since (an integer in 0..{MAX_EPOCH_SECONDS})")
     batch = message.get("supports_batch")
     if batch is not None and not isinstance(batch, bool):
         raise BadRequest("invalid supports_batch")
