@@ -24,7 +24,7 @@ from tests.fakes.postgres import drop_schema, new_schema_name, reachable_dsn
 from tests.fakes.tcp_relay import TcpRelay
 from tests.fakes.replay import ROOT, free_port
 from tests.integration.conftest import aligned_past, candle
-from tests.integration.test_feed import Watcher, assert_store_matches_exchange, feed_env
+from tests.integration.test_feed import BTC, Watcher, assert_store_matches_exchange, feed_env
 from tests.integration.test_server import connect, receive_times, subscribe
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
@@ -231,7 +231,7 @@ def test_ready_fails_while_postgres_is_unreachable(start_server, database: Datab
 def test_store_outage_leaves_no_hole_in_a_live_series(
     start_server, start_replay, database: Database
 ) -> None:
-    """Issue 13: a 4 s cut lost the candles that closed meanwhile, and recovery took ~23 s."""
+    """Issue 13: a cut lost the candles that closed meanwhile, and recovery took ~23 s."""
     params = conninfo_to_dict(database.dsn)
     relay = TcpRelay(str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432))
     exchange = start_replay("--speed", "120")
@@ -241,13 +241,16 @@ def test_store_outage_leaves_no_hole_in_a_live_series(
         watcher = Watcher(server)
         watcher.wait_live(300 + 4)
         relay.cut()
-        time.sleep(4.0)  # ~8 candles close at 120x
+        time.sleep(8.0)  # ~16 candles close at 120x; the pool backoff reaches 4-8 s
         relay.restore()
         back = time.monotonic()
         while server.get("/api/ready")[0] != 200:
             assert time.monotonic() - back < 5, "not ready 5 s after the store came back"
             time.sleep(0.1)
-        write = {"series_id": series_id("PGO"), "candle": candle(aligned_past(3))}
+        # Rewrite a stored candle of the live series with the exchange's own values: its store
+        # actor is the one that saw the outage.
+        _, body = server.get(f"/api/market/candles?series_id={BTC}&limit=1")
+        write = {"series_id": BTC, "candle": body["candles"][0]}
         while server.post(CANDLE_CLOSED, write)[0] != 200:
             assert time.monotonic() - back < 5, "writes refused 5 s after the store came back"
             time.sleep(0.1)
