@@ -18,10 +18,11 @@ from trade_canvas.series import parse_series_id
 
 TradingMode = Literal["spot", "futures"]
 
+# Always used with fullmatch: ``$`` alone also matches before a trailing newline.
 STRATEGY_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ASSET_RE = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 _PAIR_RE = re.compile(rf"^({_ASSET_RE})/({_ASSET_RE})(?::({_ASSET_RE}))?$")
-_TIMERANGE_RE = re.compile(r"^(\d{8})?-(\d{8})?$")
+_TIMERANGE_RE = re.compile(r"^([0-9]{8})?-([0-9]{8})?$")
 
 # Binance's kline intervals, which freqtrade accepts for this exchange (shortest first).
 FREQTRADE_TIMEFRAMES: tuple[str, ...] = (
@@ -100,7 +101,7 @@ def validate_strategy_name(name: object) -> str:
     Raises:
         InvalidInput: anything else (it becomes a command argument and a class lookup).
     """
-    if not isinstance(name, str) or not STRATEGY_NAME_RE.match(name):
+    if not isinstance(name, str) or STRATEGY_NAME_RE.fullmatch(name) is None:
         raise InvalidInput(
             f"invalid strategy_name: {name!r} (expected letters, digits and _, not starting "
             "with a digit)"
@@ -114,7 +115,7 @@ def parse_pair(text: object) -> PairSpec:
     Raises:
         InvalidInput: on any other shape.
     """
-    match = _PAIR_RE.match(text) if isinstance(text, str) else None
+    match = _PAIR_RE.fullmatch(text) if isinstance(text, str) else None
     if match is None:
         raise InvalidInput(f"invalid pair: {text!r} (expected BASE/QUOTE or BASE/QUOTE:SETTLE)")
     return PairSpec(match.group(1), match.group(2), match.group(3))
@@ -150,7 +151,7 @@ def validate_timerange(text: object) -> str | None:
     """
     if text is None or text == "":
         return None
-    match = _TIMERANGE_RE.match(text) if isinstance(text, str) else None
+    match = _TIMERANGE_RE.fullmatch(text) if isinstance(text, str) else None
     if match is None or match.group(0) == "-":
         raise InvalidInput(
             f"invalid timerange: {text!r} (expected YYYYMMDD-YYYYMMDD, YYYYMMDD- or -YYYYMMDD)"
@@ -310,7 +311,7 @@ def available_timeframes(
     pattern = re.compile(rf"^{re.escape(pair_file_stem(pair))}-(\w+){suffix}\.(?:{exts})$")
     found = set()
     for name in file_names:
-        match = pattern.match(name)
+        match = pattern.fullmatch(name)
         timeframe = match.group(1).replace("Mo", "M") if match else None
         if timeframe in FREQTRADE_TIMEFRAMES:
             found.add(timeframe)
@@ -441,7 +442,7 @@ def render_config(config: Mapping[str, Any]) -> str:
 def parse_strategy_list(stdout: str) -> list[str]:
     """Return the sorted, de-duplicated strategy names in ``list-strategies -1`` output."""
     names = {line.strip() for line in stdout.splitlines()}
-    return sorted(name for name in names if STRATEGY_NAME_RE.match(name))
+    return sorted(name for name in names if STRATEGY_NAME_RE.fullmatch(name))
 
 
 def pick_result_member(names: Iterable[str]) -> str | None:

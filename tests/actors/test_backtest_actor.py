@@ -24,7 +24,7 @@ from trade_canvas.actors.backtest import (
     BacktestActor, BacktestSettings, ExportCandles, GetBacktest, GetPairTimeframes,
     ListBacktests, RunBacktest, run_backtest_and_wait, strategies_and_wait,
 )
-from trade_canvas.actors.freqtrade_run import BacktestResult, run_backtest
+from trade_canvas.actors.freqtrade_run import BacktestResult, child_env, run_backtest
 from trade_canvas.candles import Candle
 from trade_canvas.errors import CapacityExceeded
 
@@ -331,3 +331,18 @@ def test_finished_results_are_capped(userdir: Path, actors: list[pykka.ActorRef[
     actors.append(ref)
     ids = [run_backtest_and_wait(ref, SPOT, timeout_s=5).job_id for _ in range(3)]
     assert [job.job_id for job in ref.ask(ListBacktests(), timeout=1)] == ids[:0:-1]
+
+
+def test_child_env_passes_only_what_a_child_needs() -> None:
+    env = child_env({
+        "PATH": "/usr/bin", "HOME": "/home/u", "LANG": "C.UTF-8", "LC_ALL": "C", "TMPDIR": "/t",
+        "VIRTUAL_ENV": "/v", "PYTHONHASHSEED": "0", "HTTPS_PROXY": "http://proxy:3128",
+        "TRADE_CANVAS_POSTGRES_DSN": "postgresql://u:secret@db/market",
+        "TRADE_CANVAS_API_TOKEN": "t" * 32, "PGPASSWORD": "secret", "AWS_SECRET_ACCESS_KEY": "k",
+    })
+    assert "secret" not in repr(env) and "t" * 32 not in repr(env)
+    assert not [name for name in env if name.startswith(("TRADE_CANVAS_", "PG", "AWS"))]
+    for name in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "PYTHONHASHSEED",
+                 "HTTPS_PROXY"):
+        assert name in env
+    assert env["PYTHONPATH"] and env["NO_COLOR"] == "1"

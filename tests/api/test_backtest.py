@@ -86,6 +86,8 @@ def test_run_status_table(status: str, detail: dict, code: int) -> None:
 @pytest.mark.parametrize("body, code, detail", [
     ({**RUN, "strategy_name": "1bad"}, 400, "Invalid strategy_name"),
     ({**RUN, "strategy_name": "../x"}, 400, "Invalid strategy_name"),
+    ({**RUN, "strategy_name": "SampleStrategy\n"}, 400, "Invalid strategy_name"),
+    ({**RUN, "timerange": "20200101-20200103\n"}, 422, "invalid timerange"),
     ({k: v for k, v in RUN.items() if k != "pair"}, 422, "pair is required"),
     ({**RUN, "pair": "BTCUSDT"}, 422, "invalid pair"),
     ({**RUN, "timeframe": "7m"}, 422, "invalid timeframe"),

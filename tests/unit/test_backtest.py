@@ -19,7 +19,8 @@ def test_valid_strategy_names(name: str) -> None:
     assert bt.validate_strategy_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["", "1abc", "a-b", "a b", "a;rm", "../x", "a.b", None, 3])
+@pytest.mark.parametrize("name", ["", "1abc", "a-b", "a b", "a;rm", "../x", "a.b", None, 3,
+                                  "SampleStrategy\n", "SampleStrategy\r\n"])
 def test_invalid_strategy_names(name: object) -> None:
     with pytest.raises(InvalidInput, match="strategy_name"):
         bt.validate_strategy_name(name)
@@ -40,7 +41,7 @@ def test_parse_pair(text: str, expected: bt.PairSpec) -> None:
 
 @pytest.mark.parametrize(
     "text", ["", "BTCUSDT", "BTC/", "/USDT", "BTC/USDT:", "BTC/USDT:USDT:X", " BTC/USDT",
-             "BTC/US DT", "BTC/USDT;ls", None],
+             "BTC/US DT", "BTC/USDT;ls", None, "BTC/USDT\n"],
 )
 def test_invalid_pairs(text: object) -> None:
     with pytest.raises(InvalidInput, match="pair"):
@@ -73,7 +74,8 @@ def test_valid_timeranges(text: object, expected: str | None) -> None:
     [("-", "expected"), ("2020-01-01", "expected"), ("20200101", "expected"),
      ("20200101-2020010", "expected"), ("20201301-", "does not exist"),
      ("20230229-", "does not exist"), ("20200103-20200101", "starts after"),
-     ("1577836800-", "expected"), (20200101, "expected")],
+     ("1577836800-", "expected"), (20200101, "expected"),
+     ("20200101-20200103\n", "expected"), ("\u0662\u0660\u0662\u0660\u0660\u0661\u0660\u0661-", "expected")],
 )
 def test_invalid_timeranges(text: object, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):

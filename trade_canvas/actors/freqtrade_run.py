@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 from zipfile import BadZipFile, ZipFile
 
 import trade_canvas
@@ -171,9 +171,23 @@ class ChildOutcome:
     start_error: str | None = None
 
 
-def child_env() -> dict[str, str]:
-    """Return the child's environment: ours, with this package importable and no colours."""
-    env = dict(os.environ)
+# What a child inherits: what a Python program, freqtrade and its HTTP client need, and never
+# our own settings (TRADE_CANVAS_POSTGRES_DSN may carry a password) or other secrets (PG*,
+# cloud credentials) of the server's environment.
+_CHILD_ENV_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG", "LANGUAGE", "TZ",
+    "TMPDIR", "TEMP", "TMP", "VIRTUAL_ENV", "CONDA_PREFIX", "LD_LIBRARY_PATH",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY",
+    "http_proxy", "https_proxy", "no_proxy", "all_proxy",
+})
+_CHILD_ENV_PREFIXES = ("LC_", "PYTHON")
+
+
+def child_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Return the child's environment: the allowed part of ours, this package importable."""
+    env = {name: value for name, value in environ.items()
+           if name in _CHILD_ENV_NAMES or name.startswith(_CHILD_ENV_PREFIXES)}
     old = env.get("PYTHONPATH")
     env["PYTHONPATH"] = f"{_PACKAGE_ROOT}{os.pathsep}{old}" if old else str(_PACKAGE_ROOT)
     env.update({"PYTHONUNBUFFERED": "1", "NO_COLOR": "1", "COLUMNS": "160"})

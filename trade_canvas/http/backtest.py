@@ -72,7 +72,7 @@ def parse_run_body(body: dict[str, Any]) -> bt.BacktestRequest:
     timerange = body.get("timerange")
     if timerange is not None and not isinstance(timerange, str):
         raise DetailError(422, "timerange must be a string or null")
-    if not bt.STRATEGY_NAME_RE.match(name):
+    if bt.STRATEGY_NAME_RE.fullmatch(name) is None:
         raise DetailError(400, "Invalid strategy_name")
     return bt.validate_request(name, pair, timeframe, timerange)
 
