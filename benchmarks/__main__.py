@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks import factors, fanout, feeds, ingest, memory, reads
+from benchmarks import factors, fanout, feeds, ingest, latency, memory, reads
 from benchmarks.processes import Context, StoreChoice
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -32,6 +32,7 @@ def _factors(ctx: Context) -> dict[str, Any]:
 
 BENCHMARKS: dict[str, tuple[Callable[[Context], dict[str, Any]], list[tuple[str, str, float]]]] = {
     "ingest": (ingest.run, ingest.TARGETS),
+    "latency": (latency.run, latency.TARGETS),
     "reads": (reads.run, reads.TARGETS),
     "fanout": (fanout.run, fanout.TARGETS),
     "feeds": (feeds.run, feeds.TARGETS),

@@ -14,7 +14,7 @@ from tests.fakes.store import MemoryCandleStore
 from tests.unit.test_factor_engine import random_walk
 from trade_canvas.actors.child import ChildLink, ChildRecord
 from trade_canvas.actors.factor import FactorActor, FactorOptions
-from trade_canvas.actors.messages import Broadcast, CandlesStored, DrawChanged
+from trade_canvas.actors.messages import Broadcast, CandlesStored, DrawChanged, FoldPending
 from trade_canvas.factors import engine
 from trade_canvas.factors.engine import FactorParams
 from trade_canvas.series import parse_series_id
@@ -187,3 +187,30 @@ def test_started_actor_folds_stored_candles(started) -> None:
         time.sleep(0.01)
     assert store.factor_head_time(S) == CANDLES[-1].candle_time
     assert hub.of_type("draw_delta")
+
+
+def test_fast_writes_are_coalesced_into_one_fold() -> None:
+    store, hub = MemoryCandleStore(), Hub()
+    now = [100.0]
+    options = dataclasses.replace(OPTIONS, coalesce_s=3600.0)  # the timer never fires here
+    record = ChildRecord(kind="factor", series_id=S, start=lambda link: None)  # type: ignore[arg-type,return-value]
+    actor = FactorActor(SERIES, store, lambda kind: hub if kind == "hub" else None,
+                        ChildLink(record, None), options, clock=lambda: now[0])
+    actor.on_start()
+    first, rest = CANDLES[:1], CANDLES[1:30]
+    ingest(store, actor, first)  # idle series: folded at once
+    assert store.factor_head_time(S) == first[0].candle_time
+    for candle in rest:  # within the interval: kept for one later fold
+        ingest(store, actor, [candle])
+    assert store.factor_head_time(S) == first[0].candle_time
+    assert actor.status()["pending_candles"] == len(rest)
+    now[0] += 3600.0
+    actor.on_receive(FoldPending())
+    assert store.factor_head_time(S) == rest[-1].candle_time
+    assert actor.status()["coalesced_folds"] == 1
+    state, events = engine.run(engine.initial_state(PARAMS), CANDLES[:30], PARAMS)
+    assert keys(store.read_factor_events(S, 0, 10**9)) == keys(events)
+    # a candle that arrives once the interval has passed is folded at once again
+    now[0] += 3600.0
+    ingest(store, actor, CANDLES[30:31])
+    assert store.factor_head_time(S) == CANDLES[30].candle_time

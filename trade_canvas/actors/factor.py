@@ -36,9 +36,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
+import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pykka
 
@@ -49,6 +51,7 @@ from trade_canvas.actors.messages import (
     ContinueFactors,
     Crash,
     DrawChanged,
+    FoldPending,
 )
 from trade_canvas.actors.store import RefLookup, tell
 from trade_canvas.candles import Candle
@@ -80,6 +83,7 @@ class FactorOptions:
     rebuild: bool
     keep_candles: int
     chunk: int = CHUNK_CANDLES
+    coalesce_s: float = 0.0
 
 
 @functools.lru_cache(maxsize=4)
@@ -89,6 +93,7 @@ def factor_options(settings: Settings) -> FactorOptions:
     return FactorOptions(
         params, fingerprint(params, settings.factor_logic_version),
         settings.enable_factor_fingerprint_rebuild, settings.factor_rebuild_keep_candles,
+        coalesce_s=settings.factor_coalesce_ms / 1000,
     )
 
 
@@ -102,6 +107,7 @@ class FactorActor(pykka.ThreadingActor):
         lookup: RefLookup,
         link: ChildLink,
         options: FactorOptions,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
         self.series = series
@@ -118,6 +124,11 @@ class FactorActor(pykka.ThreadingActor):
         self.overlay = Overlay(self.step_s, DRAW_WINDOW_CANDLES)
         self.last_version = 0
         self.cursor: int | None = None  # catching up: fold stored candles after this time
+        self.clock = clock
+        self.pending: list[Candle] = []  # stored, not folded yet (coalescing)
+        self.fold_due = False  # a FoldPending is on its way
+        self.last_fold = -math.inf
+        self.coalesced = 0  # folds that took more than one live write
         self.rebuilding = False
         self.rebuild_folded = 0
         self.rebuilds = 0
@@ -134,6 +145,7 @@ class FactorActor(pykka.ThreadingActor):
             "lag_candles": None if lag is None else -(-lag // self.step_s),
             "catching_up": self.cursor is not None, "rebuilding": self.rebuilding,
             "rebuilds": self.rebuilds, "old_candles_skipped": self.skipped_old,
+            "pending_candles": len(self.pending), "coalesced_folds": self.coalesced,
             "stalled": self.stalled,
         }
 
@@ -159,6 +171,9 @@ class FactorActor(pykka.ThreadingActor):
                 return self._on_stored(message.candles)
             case ContinueFactors():
                 return self._continue()
+            case FoldPending():
+                self.fold_due = False
+                return self._fold_pending()
             case Crash():
                 raise RuntimeError(f"crash requested: {message.reason}")
         logger.warning("factor actor %s ignored %r", self.sid, message)
@@ -256,16 +271,42 @@ class FactorActor(pykka.ThreadingActor):
         self.store_head = max(self.store_head or 0, candles[-1].candle_time)
         if self.stalled is not None or self.cursor is not None:
             return  # stalled, or the chunk loop will read these from the store
-        head = self.state.head_time
+        head = self.pending[-1].candle_time if self.pending else self.state.head_time
         new = [c for c in candles if head is None or c.candle_time > head]
         if len(new) < len(candles):
             self.skipped_old += len(candles) - len(new)
             logger.debug("factor actor %s skipped %d candles at or before head %s",
                          self.sid, len(candles) - len(new), head)
-        if len(new) > self.options.chunk:
-            self._schedule(new[0].candle_time - 1)
-        elif new:
-            self._fold(new)
+        self.pending.extend(new)
+        if len(self.pending) > self.options.chunk:
+            after = self.pending[0].candle_time - 1
+            self.pending = []
+            self._schedule(after)
+        elif self.pending and not self.fold_due:
+            self._fold_soon()
+
+    def _fold_soon(self) -> None:
+        """Fold now, or when ``coalesce_s`` has passed since the last fold.
+
+        Under a fast writer (bulk single-candle ingest, a backfill) folding after every write
+        would render and store the overlay per candle; waiting a few milliseconds folds what
+        arrived meanwhile in one pass, while a live series (one candle a minute) folds at once.
+        """
+        wait = self.last_fold + self.options.coalesce_s - self.clock()
+        if wait <= 0:
+            self._fold_pending()
+            return
+        self.fold_due = True
+        timer = threading.Timer(wait, tell, (self.actor_ref, FoldPending()))
+        timer.daemon = True
+        timer.start()
+
+    def _fold_pending(self) -> None:
+        candles, self.pending = self.pending, []
+        if candles:
+            self.coalesced += len(candles) > 1
+            self._fold(candles)
+            self.last_fold = self.clock()
 
     def _fold(self, candles: Sequence[Candle]) -> None:
         state, events = engine.run(self.state, candles, self.options.params)

@@ -220,6 +220,11 @@ class ContinueFactors:
     """Fold the next chunk of stored candles (the factor actor tells itself between chunks)."""
 
 
+@dataclass(frozen=True, slots=True)
+class FoldPending:
+    """Fold the candles that arrived since the last fold (the factor actor's timer tells it)."""
+
+
 # -- top markets
 
 
@@ -265,3 +270,25 @@ class PollTopMarkets:
     """A poller's interval elapsed (told by its timer)."""
 
     key: tuple[str, str, int]
+
+
+# -- replay packages and coverage jobs
+
+
+@dataclass(frozen=True, slots=True)
+class RunReplayJob:
+    """Run a replay job (a package build or a coverage fill) once a build slot is free.
+
+    ``work`` is called in its own greenlet with the job record; it returns when done.
+    """
+
+    job_id: str
+    work: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayJobEnded:
+    """A replay job's work returned (``error`` is its failure text, None on success)."""
+
+    job_id: str
+    error: str | None

@@ -91,9 +91,32 @@ def _schema(text: str) -> str:
     return value
 
 
-def setting(name: str, parse: Callable[[str], Any], default: Any, doc: str) -> Any:
-    """Declare a field read from ``TRADE_CANVAS_<name>``."""
-    return field(default=default, metadata={"env": PREFIX + name, "parse": parse, "doc": doc})
+def _token(text: str) -> str:
+    value = text.strip()
+    if value and len(value) < 16:
+        raise ValueError("must be at least 16 characters (or empty: no token)")
+    if any(not "!" <= ch <= "~" for ch in value):
+        raise ValueError("must be printable ASCII without blanks")
+    return value
+
+
+def _hosts(text: str) -> tuple[str, ...]:
+    return tuple(part.strip().lower() for part in text.split(",") if part.strip())
+
+
+def _header_name(text: str) -> str:
+    value = text.strip()
+    if value and not all(ch.isascii() and (ch.isalnum() or ch == "-") for ch in value):
+        raise ValueError("expected an HTTP header name such as X-Forwarded-For")
+    return value
+
+
+def setting(
+    name: str, parse: Callable[[str], Any], default: Any, doc: str, *, secret: bool = False
+) -> Any:
+    """Declare a field read from ``TRADE_CANVAS_<name>``; a secret is never shown."""
+    return field(default=default, repr=not secret,
+                 metadata={"env": PREFIX + name, "parse": parse, "doc": doc, "secret": secret})
 
 
 @dataclass(frozen=True)
@@ -124,6 +147,34 @@ class Settings:
     log_level: str = setting("LOG_LEVEL", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR")
     ingest_timeout_s: float = setting("INGEST_TIMEOUT_S", _float(0.1), 10.0,
                                       "how long an HTTP write waits for the store actor")
+    # -- security and limits (README "Security")
+    api_token: str = setting(
+        "API_TOKEN", _token, "",
+        "when set, writes, runs, debug routes and WebSockets need `Authorization: Bearer <token>`",
+        secret=True)
+    api_token_reads: bool = setting(
+        "API_TOKEN_READS", _bool, False,
+        "reads need the token too (except /api/health and /api/ready)")
+    allow_unauthenticated: bool = setting(
+        "ALLOW_UNAUTHENTICATED", _bool, False,
+        "serve on a non-loopback address without API_TOKEN (logged as a warning)")
+    allowed_hosts: tuple[str, ...] = setting(
+        "ALLOWED_HOSTS", _hosts, (),
+        "comma-separated Host names accepted on a loopback bind besides localhost and loopback IPs")
+    trusted_proxy_header: str = setting(
+        "TRUSTED_PROXY_HEADER", _header_name, "",
+        "header naming the client behind your reverse proxy (e.g. X-Forwarded-For; last entry)")
+    write_rate_per_s: float = setting(
+        "WRITE_RATE_PER_S", _float(0.0), 20000.0,
+        "write requests per second one client may make (token bucket; 0 = no limit)")
+    write_burst: int = setting("WRITE_BURST", _int(1), 20000,
+                               "write requests one client may make at once above the rate")
+    max_connections_per_peer: int = setting(
+        "MAX_CONNECTIONS_PER_PEER", _int(0), 256,
+        "HTTP connections one address may hold (WebSocket sessions excluded; 0 = no cap)")
+    http_read_timeout_s: float = setting(
+        "HTTP_READ_TIMEOUT_S", _float(0.5), 30.0,
+        "seconds a client has to send a whole request (headers and body)")
     # -- chart app reads: health lamp, debug tab, replay packages
     enable_kline_health_v2: bool = setting(
         "ENABLE_KLINE_HEALTH_V2", _bool, False,
@@ -209,6 +260,10 @@ class Settings:
         "newest stored candles a rebuild recomputes from (candles are never deleted)")
     factor_logic_version: str = setting(
         "FACTOR_LOGIC_VERSION", _str, "", "free text mixed into the fingerprint; change to rebuild")
+    factor_coalesce_ms: int = setting(
+        "FACTOR_COALESCE_MS", _int(0, 1000), 10,
+        "least time between two factor folds of one series; candles arriving sooner are folded "
+        "together (0: fold every write at once)")
     # -- backtest (freqtrade); relative paths resolve against FREQTRADE_ROOT at boot
     freqtrade_root: str = setting(
         "FREQTRADE_ROOT", _str, ".",
@@ -268,7 +323,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         try:
             values[f.name] = f.metadata["parse"](environ[name])
         except ValueError as exc:
-            problems.append(f"{name}={environ[name]!r}: {exc}")
+            shown = "***" if f.metadata["secret"] else repr(environ[name])
+            problems.append(f"{name}={shown}: {exc}")
     settings = Settings(**values)
     if settings.enable_pg_store and not settings.postgres_dsn:
         problems.append("TRADE_CANVAS_POSTGRES_DSN: required when TRADE_CANVAS_ENABLE_PG_STORE=1")

@@ -22,7 +22,7 @@ import json
 from typing import Mapping
 
 from trade_canvas.factors import (
-    FACTOR_NAMES, anchor, draw, engine, events, pen, pivot, slices, zhongshu,
+    FACTOR_NAMES, anchor, draw, engine, events, overlay, pen, pivot, slices, zhongshu,
 )
 from trade_canvas.factors.engine import FactorParams
 
@@ -30,7 +30,7 @@ from trade_canvas.factors.engine import FactorParams
 FACTOR_CODE_VERSION = "1"
 
 # draw and slices too: rendered instructions are stored as overlay versions
-_MODULES = (pivot, pen, zhongshu, anchor, engine, events, slices, draw)
+_MODULES = (pivot, pen, zhongshu, anchor, engine, events, slices, draw, overlay)
 
 
 def factor_sources() -> dict[str, str]:

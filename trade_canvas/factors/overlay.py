@@ -44,8 +44,11 @@ from trade_canvas.factors.slices import _override_anchor
 from trade_canvas.factors.zhongshu import alive_head
 
 Payload = dict[str, Any]
-HEAD_IDS = ("pen.extending", "pen.candidate", "zhongshu.alive:top", "zhongshu.alive:bottom",
-            "anchor.current")
+HEAD_IDS = {
+    "pen": ("pen.extending", "pen.candidate"),
+    "alive": ("zhongshu.alive:top", "zhongshu.alive:bottom"),
+    "anchor": ("anchor.current",),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,7 @@ class Overlay:
         )
         self._refs: collections.Counter[str] = collections.Counter()  # event-drawn ids
         self._history_ids: set[str] = set()
+        self._head_inputs: dict[str, Any] = {}  # what each head part was last drawn from
         self._pen_min_end: int | None = None
         self._anchor_start: int | None = None
         self._expiry: list[tuple[int, int, str, Instruction]] = []
@@ -167,11 +171,18 @@ class Overlay:
         pens = pen_head(state.pen)
         anchor = _override_anchor(state.anchor.current, pens)
         alive = alive_head(state.zhongshu.alive, head)["alive"]
-        drawn = (draw.pen_head_lines(pens, head) + draw.alive_zone_lines(alive, head)
-                 + draw.current_anchor_line(anchor, head))
-        fresh = {ins.instruction_id: ins for ins in drawn}
-        for ident in HEAD_IDS:
-            updates[ident] = fresh.get(ident)
+        parts = {
+            "pen": ((pens["extending"], pens["candidate"]), lambda: draw.pen_head_lines(pens, head)),
+            "alive": (alive, lambda: draw.alive_zone_lines(alive, head)),
+            "anchor": (anchor, lambda: draw.current_anchor_line(anchor, head)),
+        }
+        for name, (inputs, render) in parts.items():
+            if self._head_inputs.get(name, self) == inputs:
+                continue  # same inputs, same definitions: nothing to encode
+            self._head_inputs[name] = inputs
+            fresh = {ins.instruction_id: ins for ins in render()}
+            for ident in HEAD_IDS[name]:
+                updates[ident] = fresh.get(ident)
         return anchor
 
     def _history(self, anchor: Payload | None, updates: dict[str, Instruction | None]) -> None:
