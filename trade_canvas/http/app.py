@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable
 import falcon
 
 from trade_canvas.http import (
-    backtest, debug, errors, factor, frame, market, status, top_markets,
+    backtest, debug, errors, factor, frame, market, replay, status, top_markets,
 )
 from trade_canvas.http.cors import Cors
 from trade_canvas.http.errors import DetailError
@@ -58,6 +58,14 @@ def create_app(runtime: Runtime) -> falcon.App:
     app.add_route("/api/frame/live", frame.LiveFrame(runtime))
     app.add_route("/api/frame/at_time", frame.FrameAtTime(runtime))
     app.add_route("/api/delta/poll", frame.DeltaPoll(runtime))
+    app.add_route("/api/replay/prepare", replay.Prepare(runtime))
+    if settings.enable_replay_v1:
+        app.add_route("/api/replay/build", replay.Build(runtime))
+        app.add_route("/api/replay/status", replay.Status(runtime))
+        app.add_route("/api/replay/window", replay.Window(runtime))
+        app.add_route("/api/replay/coverage_status", replay.CoverageStatus(runtime))
+        if settings.enable_replay_ensure_coverage:
+            app.add_route("/api/replay/ensure_coverage", replay.EnsureCoverage(runtime))
     app.add_route("/ws/market", WebSocketOnly())
     if settings.enable_dev_api:
         app.add_route(

@@ -47,6 +47,9 @@ from trade_canvas.lifecycle import FeedDemand, FeedJob
 from trade_canvas.runtime import factor_reads, frames, market_health
 from trade_canvas.runtime.cache import ResponseCache, WriteGenerations
 from trade_canvas.runtime.backtest import Backtests, start_backtests
+from trade_canvas.runtime.replay_packages import (
+    ReplayPackages, quiet_ingest, start_replay_packages,
+)
 from trade_canvas.runtime.top_markets import TopMarkets, start_top_markets
 from trade_canvas.series import SeriesId, parse_series_id
 from trade_canvas.storage import CandleStore
@@ -76,6 +79,7 @@ class Runtime:
     read_cache: ResponseCache = field(default_factory=lambda: ResponseCache(64 << 20))
     backtests: Backtests | None = None  # started last in boot, stopped first
     top_markets: TopMarkets | None = None  # a supervised process-wide child
+    replays: ReplayPackages | None = None  # replay packages: a supervised job runner
 
     # -- candles
 
@@ -455,6 +459,9 @@ def boot(settings: Settings, clock: Callable[[], float] = time.time) -> Runtime:
     _start_ticker(runtime)
     _start_feeds(runtime)
     runtime.top_markets = start_top_markets(settings, rest, supervisor, globals_group)
+    runtime.replays = start_replay_packages(
+        settings, store, rest, quiet_ingest(runtime.ingest_closed), supervisor, globals_group
+    )
     runtime.backtests = start_backtests(settings, store)
     logger.info(
         "runtime up: store=%s whitelist=%d series", store.backend, len(whitelist)

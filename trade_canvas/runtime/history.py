@@ -1,0 +1,96 @@
+"""Missing closed candles fetched over Binance REST while the server runs (replay coverage,
+backtests over a range the store does not cover).
+
+The CLI ``backfill`` command writes straight to the store; inside the server every write goes
+through the series' store actor instead (one writer per series), so these fills call an
+``ingest`` function (``Runtime.ingest_closed`` without publishing). Requests go through the
+shared per-host limiter of ``BinanceRest``, like every other REST caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Sequence
+
+from trade_canvas.actors.rest import BinanceRest, RateLimited
+from trade_canvas.candles import Candle
+from trade_canvas.errors import TradeCanvasError, UpstreamError
+from trade_canvas.exchanges import binance
+from trade_canvas.series import SeriesId, align_time
+from trade_canvas.storage import CandleStore
+
+logger = logging.getLogger(__name__)
+
+ATTEMPTS = 4
+Ingest = Callable[[SeriesId, Sequence[Candle]], object]
+Progress = Callable[[int, int], None]  # (candles covered so far, candles in the range)
+
+
+def missing_spans(store: CandleStore, series: SeriesId, start: int, end: int) -> list[tuple[int, int]]:
+    """Return the ``[first, last]`` open-time spans in ``[start, end]`` with no stored candle."""
+    step = series.timeframe.seconds
+    first = align_time(start + step - 1, series.timeframe)
+    have = {c.candle_time for c in store.read_range(series.text, first, end)}
+    spans: list[tuple[int, int]] = []
+    t = first
+    while t <= end:
+        if t not in have:
+            if spans and spans[-1][1] == t - step:
+                spans[-1] = (spans[-1][0], t)
+            else:
+                spans.append((t, t))
+        t += step
+    return spans
+
+
+def fill_range(
+    rest: BinanceRest, store: CandleStore, ingest: Ingest, series: SeriesId, start: int,
+    end: int, progress: Progress = lambda done, total: None,
+) -> int:
+    """Fetch and store the closed candles missing in ``[start, end]``; returns how many came.
+
+    Raises:
+        UpstreamError: the exchange stayed unreachable (after retries) or refused the series.
+    """
+    if series.exchange != "binance":
+        raise UpstreamError(f"no exchange to fetch {series.text} from (only binance series)")
+    step = series.timeframe.seconds
+    market, symbol = series.market, binance.to_binance_symbol(series.symbol)
+    interval = binance.check_interval(series.timeframe)
+    page = binance.limits_for(market).klines_max_limit
+    spans = missing_spans(store, series, start, end)
+    total = sum((b - a) // step + 1 for a, b in spans)
+    done = written = 0
+    progress(done, total)
+    for first, last in spans:
+        cursor = first
+        while cursor <= last:
+            stop = min(last, cursor + step * (page - 1))
+            candles = _fetch(rest, market, symbol, interval, cursor, stop, page)
+            if candles:
+                ingest(series, candles)
+                written += len(candles)
+            done += (stop - cursor) // step + 1
+            progress(done, total)
+            cursor = stop + step
+    return written
+
+
+def _fetch(rest: BinanceRest, market: str, symbol: str, interval: str, start: int, end: int,
+           limit: int) -> list[Candle]:
+    for attempt in range(ATTEMPTS):
+        try:
+            rows = rest.klines(market, symbol, interval, start * 1000, end * 1000, limit)
+            return [c for c in rows if start <= c.candle_time <= end]
+        except RateLimited as exc:
+            wait = exc.retry_after_s
+            reason: Exception = exc
+        except TradeCanvasError as exc:
+            wait, reason = 0.5 * 2**attempt, exc
+        if attempt < ATTEMPTS - 1:
+            logger.warning("klines %s %s %d..%d failed (%s); retrying in %.1fs",
+                           market, symbol, start, end, reason, wait)
+            time.sleep(min(wait, 30.0))
+    raise UpstreamError(f"exchange unreachable: klines {market} {symbol} failed {ATTEMPTS} times "
+                        f"({reason})")
