@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks import factors, fanout, feeds, ingest, latency, memory, reads
+from benchmarks import factors, fanout, feeds, ingest, latency, memory, reads, replay
 from benchmarks.processes import Context, StoreChoice
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -38,6 +38,7 @@ BENCHMARKS: dict[str, tuple[Callable[[Context], dict[str, Any]], list[tuple[str,
     "feeds": (feeds.run, feeds.TARGETS),
     "factors": (_factors, [("full_recompute_s", "<", 0.2)]),
     "memory": (memory.run, memory.TARGETS),
+    "replay": (replay.run, replay.TARGETS),
 }
 
 
