@@ -11,6 +11,7 @@ import falcon
 from trade_canvas.http import (
     backtest, debug, errors, factor, frame, market, replay, status, top_markets,
 )
+from trade_canvas.http.access import Access, AccessMiddleware
 from trade_canvas.http.cors import Cors
 from trade_canvas.http.errors import DetailError
 from trade_canvas.http.media import JSON_HANDLER
@@ -31,7 +32,7 @@ def create_app(runtime: Runtime) -> falcon.App:
     """Build the Falcon app around a runtime (real or fake)."""
     settings = runtime.settings
     app = falcon.App(
-        middleware=[Cors(settings.cors_origins)]
+        middleware=[Cors(settings.cors_origins), AccessMiddleware(Access(settings))]
     )
     app.req_options.media_handlers[falcon.MEDIA_JSON] = JSON_HANDLER
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = JSON_HANDLER
@@ -89,4 +90,6 @@ def get_app() -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
     from trade_canvas.runtime.system import boot_from_environ
 
     runtime = boot_from_environ(os.environ, configure_logging)
-    return dispatch_websockets(create_app(runtime), {"/ws/market": MarketSocket(runtime)})
+    return dispatch_websockets(
+        create_app(runtime), {"/ws/market": MarketSocket(runtime)}, Access(runtime.settings)
+    )

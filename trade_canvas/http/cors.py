@@ -23,7 +23,8 @@ PREFLIGHT_MAX_AGE_S = 600
 class Cors:
     """Answer CORS preflights before routing; add the origin headers to every response.
 
-    An empty ``origins`` allows every origin (each answer echoes the request's ``Origin``).
+    An empty ``origins`` allows no cross-origin access at all (answers echo an allowed
+    ``Origin`` with credentials, so a wildcard would open every user's browser to any site).
     """
 
     def __init__(self, origins: Sequence[str]) -> None:
@@ -31,7 +32,7 @@ class Cors:
 
     def allowed(self, origin: str) -> bool:
         """Whether ``origin`` may read our answers."""
-        return not self.origins or origin in self.origins
+        return origin in self.origins
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         origin = req.get_header("Origin")

@@ -22,6 +22,8 @@ import simple_websocket
 
 from trade_canvas.actors.hub import Frame, encode
 from trade_canvas.errors import TradeCanvasError
+from trade_canvas.http.access import Access
+from trade_canvas.http.errors import DetailError
 from trade_canvas.runtime.system import Runtime
 from trade_canvas.series import MAX_EPOCH_SECONDS, SeriesId, parse_series_id
 
@@ -224,15 +226,27 @@ def error_code(exc: TradeCanvasError) -> str:
 
 
 def dispatch_websockets(
-    app: Callable[..., Iterable[bytes]], sockets: dict[str, MarketSocket]
+    app: Callable[..., Iterable[bytes]], sockets: dict[str, MarketSocket],
+    access: Access | None = None,
 ) -> Callable[..., Iterable[bytes]]:
-    """Wrap a WSGI app so WebSocket upgrades on the given paths bypass it."""
+    """Wrap a WSGI app so WebSocket upgrades on the given paths bypass it.
+
+    An upgrade ``access`` refuses (Host, Origin, token) is answered with its JSON error and
+    never becomes a session.
+    """
 
     def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         handler = sockets.get(environ.get("PATH_INFO", ""))
         upgrade = environ.get("HTTP_UPGRADE", "").lower() == "websocket"
         if handler is None or not upgrade or "gunicorn.socket" not in environ:
             return app(environ, start_response)
+        if access is not None:
+            try:
+                access.check(environ, write=False, websocket=True)
+            except DetailError as exc:
+                headers = [("Content-Type", "application/json"), *(exc.headers or {}).items()]
+                start_response(exc.status, headers)
+                return [orjson.dumps({"detail": exc.detail})]
         handler.serve(environ)
         # The socket now belongs to the finished WebSocket session: gunicorn's async workers
         # treat StopIteration as "close the connection without writing a response".
