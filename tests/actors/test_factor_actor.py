@@ -13,6 +13,7 @@ import pytest
 from tests.fakes.store import MemoryCandleStore
 from tests.unit.test_factor_engine import random_walk
 from trade_canvas.actors.child import ChildLink, ChildRecord
+from trade_canvas.actors import factor as factor_module
 from trade_canvas.actors.factor import FactorActor, FactorOptions
 from trade_canvas.actors.messages import Broadcast, CandlesStored, DrawChanged, FoldPending
 from trade_canvas.factors import engine
@@ -22,7 +23,8 @@ from trade_canvas.series import parse_series_id
 SERIES = parse_series_id("binance:spot:BTC/USDT:1m")
 S = SERIES.text
 PARAMS = FactorParams(3, 1)
-OPTIONS = FactorOptions(PARAMS, "fp-1", rebuild=True, keep_candles=150, chunk=40)
+# one slice per chunk here (slice_s far above any fold); slicing has its own test
+OPTIONS = FactorOptions(PARAMS, "fp-1", rebuild=True, keep_candles=150, chunk=40, slice_s=3600.0)
 CANDLES = random_walk(7, 400)
 
 
@@ -214,3 +216,24 @@ def test_fast_writes_are_coalesced_into_one_fold() -> None:
     now[0] += 3600.0
     ingest(store, actor, CANDLES[30:31])
     assert store.factor_head_time(S) == CANDLES[30].candle_time
+
+
+def test_catch_up_folds_in_time_bounded_slices_and_yields_between_them() -> None:
+    store, hub = MemoryCandleStore(), Hub()
+    ticks = iter(range(10**6))
+    options = dataclasses.replace(OPTIONS, chunk=400, slice_s=1.5)  # a clock call is 1 s here
+    record = ChildRecord(kind="factor", series_id=S, start=lambda link: None)  # type: ignore[arg-type,return-value]
+    actor = FactorActor(SERIES, store, lambda kind: hub if kind == "hub" else None,
+                        ChildLink(record, None), options, clock=lambda: float(next(ticks)))
+    actor.on_start()
+    store.upsert_candles(S, CANDLES)
+    batches = store.saved_batches
+    actor.on_receive(CandlesStored(tuple(CANDLES)))
+    slices = drain(actor)
+    # each slice folds two engine steps of SLICE_STEP_CANDLES, then stores and yields
+    step = 2 * factor_module.SLICE_STEP_CANDLES
+    assert slices >= len(CANDLES) // step
+    assert store.saved_batches - batches == -(-len(CANDLES) // step)
+    _, events = engine.run(engine.initial_state(PARAMS), CANDLES, PARAMS)
+    assert keys(store.read_factor_events(S, 0, 10**9)) == keys(events)
+    assert store.read_factor_snapshot(S).head_time == CANDLES[-1].candle_time

@@ -58,7 +58,7 @@ from trade_canvas.candles import Candle
 from trade_canvas.config import Settings
 from trade_canvas.errors import InvalidInput
 from trade_canvas.factors import draw, engine
-from trade_canvas.factors.engine import FactorParams
+from trade_canvas.factors.engine import FactorParams, FactorState
 from trade_canvas.factors.events import FactorEvent
 from trade_canvas.factors.fingerprint import fingerprint
 from trade_canvas.factors.overlay import Overlay, OverlayChange
@@ -70,6 +70,12 @@ logger = logging.getLogger(__name__)
 CHUNK_PAUSE_S = 0.003
 
 CHUNK_CANDLES = 500
+# A catch-up slice folds candles for about this long before it renders, stores and yields.
+SLICE_S = 0.003
+SLICE_STEP_CANDLES = 32
+# More new candles than this at once (a batch, a backfill page) are folded by the sliced
+# catch-up loop from the store rather than in one go.
+LIVE_FOLD_CANDLES = 64
 # Candles behind the head whose instructions are rendered and versioned on each batch.
 DRAW_WINDOW_CANDLES = 2000
 
@@ -84,6 +90,7 @@ class FactorOptions:
     keep_candles: int
     chunk: int = CHUNK_CANDLES
     coalesce_s: float = 0.0
+    slice_s: float = SLICE_S
 
 
 @functools.lru_cache(maxsize=4)
@@ -124,6 +131,8 @@ class FactorActor(pykka.ThreadingActor):
         self.overlay = Overlay(self.step_s, DRAW_WINDOW_CANDLES)
         self.last_version = 0
         self.cursor: int | None = None  # catching up: fold stored candles after this time
+        self.backlog: list[Candle] = []  # read from the store after the cursor, not folded yet
+        self.backlog_full = False
         self.clock = clock
         self.pending: list[Candle] = []  # stored, not folded yet (coalescing)
         self.fold_due = False  # a FoldPending is on its way
@@ -245,18 +254,23 @@ class FactorActor(pykka.ThreadingActor):
 
     def _schedule(self, after: int | None) -> None:
         self.cursor = after
+        self.backlog = []
         self.actor_ref.tell(ContinueFactors())
 
     def _continue(self) -> None:
         if self.cursor is None:
             return
-        candles = self.store.read_since(self.sid, self.cursor, self.options.chunk)
-        if candles:
-            self._fold(candles)
-            self.cursor = candles[-1].candle_time
+        if not self.backlog:  # read a chunk, fold it over several slices
+            self.backlog = self.store.read_since(self.sid, self.cursor, self.options.chunk)
+            self.backlog_full = len(self.backlog) == self.options.chunk
+        candles = self.backlog
+        folded = self._fold_slice(candles) if candles else 0
+        self.backlog = candles[folded:]
+        if folded:
+            self.cursor = candles[folded - 1].candle_time
             self.store_head = max(self.store_head or 0, self.cursor)
-        if len(candles) == self.options.chunk:
-            # Catching up is background work: between chunks, give ingest, reads and other
+        if self.backlog or self.backlog_full:
+            # Catching up is background work: between slices, give ingest, reads and other
             # series a moment (under gevent this sleep is a cooperative pause, not a block).
             time.sleep(CHUNK_PAUSE_S)
             self.actor_ref.tell(ContinueFactors())
@@ -264,6 +278,25 @@ class FactorActor(pykka.ThreadingActor):
         self.cursor = None
         if self.rebuilding:
             self._finish_rebuild()
+
+    def _fold_slice(self, candles: Sequence[Candle]) -> int:
+        """Fold a prefix of ``candles`` that takes about ``slice_s`` of CPU; return its length.
+
+        Everything an actor does runs on the server's one thread, so a catch-up must come back
+        to the event loop often: the engine folds in small steps until the slice's time is up,
+        then the overlay is rendered and stored once for the whole slice.
+        """
+        deadline = self.clock() + self.options.slice_s
+        state, events, folded = self.state, [], 0
+        while folded < len(candles):
+            step = candles[folded:folded + SLICE_STEP_CANDLES]
+            state, new = engine.run(state, step, self.options.params)
+            events.extend(new)
+            folded += len(step)
+            if self.clock() >= deadline:
+                break
+        self._commit(state, events, folded)
+        return folded
 
     def _on_stored(self, candles: Sequence[Candle]) -> None:
         if not candles:
@@ -278,7 +311,7 @@ class FactorActor(pykka.ThreadingActor):
             logger.debug("factor actor %s skipped %d candles at or before head %s",
                          self.sid, len(candles) - len(new), head)
         self.pending.extend(new)
-        if len(self.pending) > self.options.chunk:
+        if len(self.pending) > LIVE_FOLD_CANDLES:
             after = self.pending[0].candle_time - 1
             self.pending = []
             self._schedule(after)
@@ -310,6 +343,10 @@ class FactorActor(pykka.ThreadingActor):
 
     def _fold(self, candles: Sequence[Candle]) -> None:
         state, events = engine.run(self.state, candles, self.options.params)
+        self._commit(state, events, len(candles))
+
+    def _commit(self, state: FactorState, events: list[FactorEvent], folded: int) -> None:
+        """Render the overlay at ``state``, store events, snapshot and new versions, push."""
         if state.head_time == self.state.head_time:
             return
         assert state.head_time is not None
@@ -318,7 +355,7 @@ class FactorActor(pykka.ThreadingActor):
         versions = self.store.save_factor_batch(self.sid, events, snapshot, change.changed)
         self.state = state
         if self.rebuilding:
-            self.rebuild_folded += len(candles)
+            self.rebuild_folded += folded
             self.last_version = max([self.last_version] + [v.version_id for v in versions])
         elif not change.empty:
             self._push(state.head_time, change, versions)
