@@ -48,7 +48,8 @@ export TRADE_CANVAS_MARKET_AUTO_TAIL_BACKFILL_MAX_CANDLES="${TRADE_CANVAS_MARKET
 if [ "$DEMO" = 1 ]; then
     DEMO_PORT="${TRADE_CANVAS_DEMO_EXCHANGE_PORT:-9000}"
     echo "starting the replay exchange on 127.0.0.1:$DEMO_PORT (recorded Binance data, real time)"
-    .venv/bin/python -m trade_canvas replay-exchange --port "$DEMO_PORT" --anchor now --speed 1 &
+    .venv/bin/python -m trade_canvas replay-exchange --port "$DEMO_PORT" --anchor now --speed 1 \
+        --futures-from-spot BTCUSDT &
     REPLAY_PID=$!
     trap 'kill "$REPLAY_PID" 2>/dev/null || true' EXIT INT TERM
     export TRADE_CANVAS_BINANCE_SPOT_BASE_URL="http://127.0.0.1:$DEMO_PORT/spot"

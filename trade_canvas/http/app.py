@@ -13,6 +13,7 @@ from trade_canvas.http import (
 )
 from trade_canvas.http.access import Access, AccessMiddleware
 from trade_canvas.http.cors import Cors
+from trade_canvas.http.debug_ws import DebugSocket
 from trade_canvas.http.errors import DetailError
 from trade_canvas.http.media import JSON_HANDLER
 from trade_canvas.http.ws import MarketSocket, dispatch_websockets
@@ -68,6 +69,8 @@ def create_app(runtime: Runtime) -> falcon.App:
         if settings.enable_replay_ensure_coverage:
             app.add_route("/api/replay/ensure_coverage", replay.EnsureCoverage(runtime))
     app.add_route("/ws/market", WebSocketOnly())
+    if settings.enable_debug_api:
+        app.add_route("/ws/debug", WebSocketOnly())
     if settings.enable_dev_api:
         app.add_route(
             "/api/dev/market/ingest/candles_closed_batch", market.CandlesClosedBatch(runtime)
@@ -90,6 +93,9 @@ def get_app() -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
     from trade_canvas.runtime.system import boot_from_environ
 
     runtime = boot_from_environ(os.environ, configure_logging)
+    sockets: dict[str, Any] = {"/ws/market": MarketSocket(runtime)}
+    if runtime.journal is not None:
+        sockets["/ws/debug"] = DebugSocket(runtime, runtime.journal)
     return dispatch_websockets(
-        create_app(runtime), {"/ws/market": MarketSocket(runtime)}, Access(runtime.settings)
+        create_app(runtime), sockets, Access(runtime.settings)
     )

@@ -18,6 +18,7 @@ WebSocket upgrades are handed to ``streams.py``, which runs each stream connecti
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import logging
 import signal
@@ -66,11 +67,15 @@ class ReplayState:
 # --- loading ---------------------------------------------------------------------------------
 
 
-def load_market(anchor_ms: int, synthesize_listed: bool = False) -> mk.ReplayMarket:
+def load_market(
+    anchor_ms: int, synthesize_listed: bool = False, futures_from_spot: tuple[str, ...] = ()
+) -> mk.ReplayMarket:
     """Load the packaged recordings, rebased so every symbol starts on ``anchor_ms``'s day.
 
     With ``synthesize_listed`` every listed TRADING symbol without a recording replays a
-    synthetic path derived from a recorded one (see ``market.synthesize_listed``).
+    synthetic path derived from a recorded one (see ``market.synthesize_listed``). Each symbol
+    in ``futures_from_spot`` (e.g. ``BTCUSDT``) also trades on USD-M futures with its spot
+    recording, so the chart app's default series ``binance:futures:BTC/USDT:1m`` is live.
     """
     data = resources.files("trade_canvas.replay") / "data"
     datasets = []
@@ -81,6 +86,8 @@ def load_market(anchor_ms: int, synthesize_listed: bool = False) -> mk.ReplayMar
             datasets.append(mk.parse_kline_csv(text, market, symbol, interval))
     info = {m: orjson.loads((data / f"{m}_exchangeInfo.json").read_bytes()) for m in MARKET_PREFIXES}
     tickers = {m: orjson.loads((data / f"{m}_ticker_24hr.json").read_bytes()) for m in MARKET_PREFIXES}
+    datasets += [dataclasses.replace(d, market="futures") for d in datasets
+                 if d.market == "spot" and d.symbol in futures_from_spot]
     if synthesize_listed:
         datasets += mk.synthesize_listed(datasets, info)
     return mk.ReplayMarket(mk.rebase(datasets, anchor_ms), info, tickers)
@@ -398,6 +405,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--paused", action="store_true", help="start with the clock paused")
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument(
+        "--futures-from-spot", default="", metavar="SYMBOLS",
+        help="comma-separated spot recordings (e.g. BTCUSDT) also served on USD-M futures",
+    )
+    parser.add_argument(
         "--synthesize-listed", action="store_true",
         help="every listed TRADING symbol without a recording replays a synthetic path "
         "derived from a recorded one (for load tests needing many distinct streams)",
@@ -428,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     anchor, start = _timeline(args)
     clock = mk.ReplayClock(start, time.monotonic(), args.speed, args.paused)
-    state = ReplayState(load_market(anchor, args.synthesize_listed), clock, clock)
+    mirrored = tuple(s.strip().upper() for s in args.futures_from_spot.split(",") if s.strip())
+    state = ReplayState(load_market(anchor, args.synthesize_listed, mirrored), clock, clock)
     server = pywsgi.WSGIServer((args.host, args.port), make_app(state), log=None)
     server.start()
     host, port = server.address[0], server.address[1]

@@ -9,6 +9,7 @@ shared per-host limiter of ``BinanceRest``, like every other REST caller.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from typing import Callable, Sequence
@@ -27,21 +28,12 @@ Ingest = Callable[[SeriesId, Sequence[Candle]], object]
 Progress = Callable[[int, int], None]  # (candles covered so far, candles in the range)
 
 
-def missing_spans(store: CandleStore, series: SeriesId, start: int, end: int) -> list[tuple[int, int]]:
-    """Return the ``[first, last]`` open-time spans in ``[start, end]`` with no stored candle."""
+def missing_times(store: CandleStore, series: SeriesId, start: int, end: int) -> list[int]:
+    """Return the open times in ``[start, end]`` with no stored candle, ascending."""
     step = series.timeframe.seconds
     first = align_time(start + step - 1, series.timeframe)
     have = {c.candle_time for c in store.read_range(series.text, first, end)}
-    spans: list[tuple[int, int]] = []
-    t = first
-    while t <= end:
-        if t not in have:
-            if spans and spans[-1][1] == t - step:
-                spans[-1] = (spans[-1][0], t)
-            else:
-                spans.append((t, t))
-        t += step
-    return spans
+    return [t for t in range(first, end + 1, step) if t not in have]
 
 
 def fill_range(
@@ -49,6 +41,9 @@ def fill_range(
     end: int, progress: Progress = lambda done, total: None,
 ) -> int:
     """Fetch and store the closed candles missing in ``[start, end]``; returns how many came.
+
+    One request covers a page from the first missing time on, so scattered holes (or a real
+    exchange gap, fetched again each time and still empty) cost one request per page.
 
     Raises:
         UpstreamError: the exchange stayed unreachable (after retries) or refused the series.
@@ -59,21 +54,18 @@ def fill_range(
     market, symbol = series.market, binance.to_binance_symbol(series.symbol)
     interval = binance.check_interval(series.timeframe)
     page = binance.limits_for(market).klines_max_limit
-    spans = missing_spans(store, series, start, end)
-    total = sum((b - a) // step + 1 for a, b in spans)
-    done = written = 0
-    progress(done, total)
-    for first, last in spans:
-        cursor = first
-        while cursor <= last:
-            stop = min(last, cursor + step * (page - 1))
-            candles = _fetch(rest, market, symbol, interval, cursor, stop, page)
-            if candles:
-                ingest(series, candles)
-                written += len(candles)
-            done += (stop - cursor) // step + 1
-            progress(done, total)
-            cursor = stop + step
+    missing = missing_times(store, series, start, end)
+    written = index = 0
+    progress(0, len(missing))
+    while index < len(missing):
+        cursor = missing[index]
+        stop = min(end, cursor + step * (page - 1))
+        candles = _fetch(rest, market, symbol, interval, cursor, stop, page)
+        if candles:
+            ingest(series, candles)
+            written += len(candles)
+        index = bisect.bisect_right(missing, stop)
+        progress(index, len(missing))
     return written
 
 

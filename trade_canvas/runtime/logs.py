@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from typing import Any, Callable
 
 FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
 
@@ -52,3 +53,28 @@ def install_run_info_dump() -> None:
         logging.getLogger(__name__).warning("gevent run info follows", extra={"trusted_text": text})
 
     gevent.signal_handler(signal.SIGUSR2, dump)
+
+
+class JournalHandler(logging.Handler):
+    """Copy our own INFO-and-above records into the debug journal (debug API only)."""
+
+    def __init__(self, record: Callable[[dict[str, Any]], None],
+                 convert: Callable[[logging.LogRecord], dict[str, Any]]) -> None:
+        super().__init__(logging.INFO)
+        self._record = record
+        self._convert = convert
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._record(self._convert(record))
+        except Exception:  # noqa: BLE001 - logging must never fail the caller
+            self.handleError(record)
+
+
+def install_journal(record: Callable[[dict[str, Any]], None],
+                    convert: Callable[[logging.LogRecord], dict[str, Any]]) -> Callable[[], None]:
+    """Feed the ``trade_canvas`` loggers' records to ``record``; returns the uninstaller."""
+    handler = JournalHandler(record, convert)
+    logger = logging.getLogger("trade_canvas")
+    logger.addHandler(handler)
+    return lambda: logger.removeHandler(handler)

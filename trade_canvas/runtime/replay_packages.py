@@ -38,6 +38,7 @@ KIND = "replay_jobs"
 START_TIMEOUT_S = 5.0
 PREPARE_WAIT_S = 3.0  # the chart never retries prepare: give the factor actor a moment
 DEFAULT_WINDOW_CANDLES = 2000
+COVERAGE_ROUNDS = 3  # REST fills of one coverage job: the span, then twice further back
 
 
 class ReplayPackages:
@@ -224,9 +225,18 @@ class ReplayPackages:
             job.info.update(progress_done=done, progress_total=total)
 
         failure = ""
+        start = end - target * tf - tf
+        ready = 0
         try:
-            history.fill_range(self.rest, self.store, self.ingest, series,
-                               end - target * tf - tf, end, progress)
+            # Bars are counted, not spanned: over a real exchange gap, reach further back (a
+            # bounded number of times) until the newest ``target`` candles exist.
+            for _ in range(COVERAGE_ROUNDS):
+                history.fill_range(self.rest, self.store, self.ingest, series, start, end,
+                                   progress)
+                ready = len(self.newest_bars(series, to, target))
+                if ready >= target:
+                    break
+                start -= max(target - ready, 1) * tf * 2
         except TradeCanvasError as exc:
             failure = f": {exc}"
         ready = len(self.newest_bars(series, to, target))

@@ -47,6 +47,8 @@ from trade_canvas.lifecycle import FeedDemand, FeedJob
 from trade_canvas.runtime import factor_reads, frames, market_health
 from trade_canvas.runtime.cache import ResponseCache, WriteGenerations
 from trade_canvas.runtime.backtest import Backtests, start_backtests
+from trade_canvas.runtime.journal import DebugJournal, event_from_record
+from trade_canvas.runtime.logs import install_journal
 from trade_canvas.runtime.replay_packages import (
     ReplayPackages, quiet_ingest, start_replay_packages,
 )
@@ -80,6 +82,8 @@ class Runtime:
     backtests: Backtests | None = None  # started last in boot, stopped first
     top_markets: TopMarkets | None = None  # a supervised process-wide child
     replays: ReplayPackages | None = None  # replay packages: a supervised job runner
+    journal: DebugJournal | None = None  # recent backend events for /ws/debug (debug API)
+    stop_journal: Callable[[], None] | None = None
 
     # -- candles
 
@@ -330,6 +334,8 @@ class Runtime:
             pykka.ActorRegistry.stop_all(block=True, timeout=5)
         self.store.close()
         logger.info("runtime stopped")
+        if self.stop_journal is not None:
+            self.stop_journal()
 
 
 def open_store(settings: Settings) -> CandleStore:
@@ -456,6 +462,9 @@ def boot(settings: Settings, clock: Callable[[], float] = time.time) -> Runtime:
         generations=generations,
         read_cache=ResponseCache(settings.read_cache_mb << 20),
     )
+    if settings.enable_debug_api:
+        runtime.journal = DebugJournal(settings.debug_event_buffer)
+        runtime.stop_journal = install_journal(runtime.journal.record, event_from_record)
     _start_ticker(runtime)
     _start_feeds(runtime)
     runtime.top_markets = start_top_markets(settings, rest, supervisor, globals_group)
