@@ -33,7 +33,7 @@ import collections
 import heapq
 import itertools
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 from trade_canvas.factors import draw
 from trade_canvas.factors.draw import Instruction
@@ -171,7 +171,7 @@ class Overlay:
         pens = pen_head(state.pen)
         anchor = _override_anchor(state.anchor.current, pens)
         alive = alive_head(state.zhongshu.alive, head)["alive"]
-        parts = {
+        parts: dict[str, tuple[Any, Callable[[], list[Instruction]]]] = {
             "pen": ((pens["extending"], pens["candidate"]), lambda: draw.pen_head_lines(pens, head)),
             "alive": (alive, lambda: draw.alive_zone_lines(alive, head)),
             "anchor": (anchor, lambda: draw.current_anchor_line(anchor, head)),
