@@ -82,6 +82,13 @@ def _log_level(text: str) -> str:
     return value
 
 
+def _log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in {"text", "json"}:
+        raise ValueError("expected text or json")
+    return value
+
+
 def _schema(text: str) -> str:
     value = text.strip()
     if not value or not (value[0].isalpha() or value[0] == "_") or not all(
@@ -145,6 +152,8 @@ class Settings:
     read_cache_mb: int = setting("READ_CACHE_MB", _int(0, 4096), 64,
                                  "memory for encoded candle-read responses (0 disables the cache)")
     log_level: str = setting("LOG_LEVEL", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_format: str = setting("LOG_FORMAT", _log_format, "text",
+                              "text (one escaped line per event) or json (one JSON object a line)")
     ingest_timeout_s: float = setting("INGEST_TIMEOUT_S", _float(0.1), 10.0,
                                       "how long an HTTP write waits for the store actor")
     # -- security and limits (README "Security")

@@ -49,7 +49,9 @@ def _worker_exit(server: Any, worker: Any) -> None:
 class Server(BaseApplication):  # type: ignore[misc]
     """gunicorn application with our fixed production options."""
 
-    def __init__(self, host: str, port: int, access_log: bool = False) -> None:
+    def __init__(
+        self, host: str, port: int, access_log: bool = False, log_format: str = "text"
+    ) -> None:
         self.options = {
             "bind": f"{host}:{port}",
             "workers": 1,
@@ -60,6 +62,9 @@ class Server(BaseApplication):  # type: ignore[misc]
             "keepalive": 75,
             "preload_app": False,
             "accesslog": "-" if access_log else None,
+            # gunicorn's own lines (boot, worker exits, access log) in the same format as ours
+            "logger_class": ("trade_canvas.runtime.logs.JsonGunicornLogger"
+                             if log_format == "json" else "gunicorn.glogging.Logger"),
             "post_worker_init": _post_worker_init,
             "worker_exit": _worker_exit,
             # gunicorn >= 24 opens a control socket in ~/.gunicorn; we have no use for it and

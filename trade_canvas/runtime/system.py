@@ -495,7 +495,7 @@ def current_runtime() -> Runtime | None:
 
 
 def boot_from_environ(
-    environ: Mapping[str, str], configure_logging: Callable[[str], None]
+    environ: Mapping[str, str], configure_logging: Callable[[str, str], None]
 ) -> Runtime:
     """Load settings from the environment, set up logging, warn about unknown names, boot.
 
@@ -506,9 +506,9 @@ def boot_from_environ(
     try:
         settings = load_settings(environ)
     except ConfigError as exc:
-        configure_logging("INFO")
+        configure_logging("INFO", "text")
         _boot_failed(exc)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     for name, closest in unknown_names(environ):
         hint = f"; did you mean {closest}?" if closest else ""
         logger.warning("unknown setting %s is ignored%s", name, hint)
