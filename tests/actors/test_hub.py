@@ -231,3 +231,73 @@ def test_a_failing_catch_up_drops_only_that_subscriber_with_an_error() -> None:
                            catchup_limit=100, forming_interval_s=0.25)
     reborn.on_start()  # the dropped subscription is never replayed
     assert drain(bad) == []
+
+
+def test_pending_bytes_are_bounded_not_only_messages() -> None:
+    """Issue 13: one client that stopped reading held hundreds of MB in a few big messages."""
+    hub = make_hub(MemoryCandleStore())
+    box, other = Outbox(1000, byte_limit=4000), Outbox(1000, byte_limit=1 << 20)
+    hub.on_receive(Subscribe(box, None, True))
+    hub.on_receive(Subscribe(other, None, True))
+    for n in range(20):  # ~1 KB per publish, far fewer than 1000 messages
+        hub.on_receive(CandlesStored(tuple(c(60 * (10 * n + i)) for i in range(1, 11))))
+        if box.closed:
+            break
+    assert box.closed and box.close_code == "slow_consumer"
+    assert box.pending_bytes() < 4000  # only the error is left to send
+    got = drain(box)
+    assert "4000 bytes" in got[0]["message"] and got[-1] == {"closed": "slow_consumer"}
+    assert list(hub.state.subscriptions) == [other.id]
+    box.discard()
+    assert box.pending() == 1 and box.pending_bytes() == 0  # the close marker only
+
+
+def test_writer_bytes_count_until_sent() -> None:
+    box = Outbox(10, byte_limit=100)
+    frame = encode({"x": "y" * 40})
+    assert box.offer([frame]) and box.pending_bytes() == len(frame.wire())
+    box.take(timeout=0)  # the writer holds it: still counted
+    assert box.pending_bytes() == len(frame.wire()) and box.room() == 100 - len(frame.wire())
+    box.sent()
+    assert box.pending_bytes() == 0 and box.room() == 100
+
+
+def test_a_catch_up_that_does_not_fit_is_refused_not_dropped() -> None:
+    store = MemoryCandleStore()
+    store.upsert_candles(S.text, [c(60 * i) for i in range(1, 101)])
+    hub = make_hub(store)
+    box = Outbox(1000, byte_limit=3000)  # a 100-candle catch-up is ~6 KB
+    hub.on_receive(Subscribe(box, None, True))
+    [refused] = drain(box)
+    assert (refused["code"], refused["series_id"]) == ("rate_limited", S.text)
+    assert not box.closed and hub.state.subscriptions == {}
+    hub.on_receive(Subscribe(box, 60 * 95, True))  # a smaller catch-up fits
+    assert [x["candle_time"] for x in drain(box)[0]["candles"]] == [60 * i for i in range(96, 101)]
+
+
+def test_subscribing_again_without_since_sends_no_second_catch_up() -> None:
+    store = MemoryCandleStore()
+    store.upsert_candles(S.text, [c(60 * i) for i in range(1, 51)])
+    hub = make_hub(store)
+    box = Outbox(1000)
+    hub.on_receive(Subscribe(box, None, True))
+    assert len(drain(box)[0]["candles"]) == 50
+    for _ in range(100):
+        hub.on_receive(Subscribe(box, None, False))
+    assert drain(box) == []
+    store.upsert_candles(S.text, [c(60 * 51), c(60 * 52)])
+    hub.on_receive(CandlesStored((c(60 * 51), c(60 * 52))))
+    # supports_batch follows the latest subscribe; the cursor was kept
+    assert [m["candle"]["candle_time"] for m in drain(box)] == [60 * 51, 60 * 52]
+    hub.on_receive(Subscribe(box, 60 * 50, True))  # an explicit since re-cursors
+    assert [x["candle_time"] for x in drain(box)[0]["candles"]] == [60 * 51, 60 * 52]
+
+
+def test_no_catch_up_read_for_a_client_whose_buffer_is_half_full() -> None:
+    store = MemoryCandleStore()
+    store.upsert_candles(S.text, [c(60)])
+    hub = make_hub(store)
+    box = Outbox(1000, byte_limit=1000)
+    box.offer([encode({"pad": "x" * 600})])
+    hub.on_receive(Subscribe(box, None, True))
+    assert [m.get("code") for m in drain(box)] == [None, "rate_limited"]

@@ -104,11 +104,17 @@ class Outbox:
     only what the socket would not take is queued for the writer. A client that keeps up then
     costs one system call per message, with no writer wake-up; a slow one still fills its queue
     and is dropped, never waited on.
+
+    Both the messages and the bytes pending are bounded (``limit``, ``byte_limit``): a message
+    can be a 5000-candle catch-up, so counting messages alone let one client that stopped reading
+    hold hundreds of megabytes. The bytes the writer took but has not finished sending count
+    until ``sent()``.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, byte_limit: int = 64 << 20) -> None:
         self.id = next(_ids)
         self.limit = limit
+        self.byte_limit = byte_limit
         self.closed = False
         self.close_code: str | None = None
         self.series: set[str] = set()
@@ -116,6 +122,8 @@ class Outbox:
         self._items: collections.deque[Any] = collections.deque()
         self._ready = threading.Event()
         self._sending = False
+        self._bytes = 0  # queued, plus what the writer is sending
+        self._taken = 0  # bytes of the writer's current write
         self.direct: Callable[[bytes], int] | None = None
 
     def offer(self, frames: Sequence[Frame]) -> bool:
@@ -128,21 +136,23 @@ class Outbox:
             if sent >= len(data):
                 return True
             frames = (_Remainder(data[sent:]),)  # type: ignore[assignment]
-        if len(self._items) >= self.limit:
-            self.close(
-                "slow_consumer",
-                encode(
-                    {
-                        "type": "error",
-                        "code": "slow_consumer",
-                        "message": f"more than {self.limit} messages pending; disconnecting",
-                    }
-                ),
-            )
+        size = sum(len(frame.wire()) for frame in frames)
+        if len(self._items) >= self.limit or self._bytes + size > self.byte_limit:
+            what = (f"{self.limit} messages" if len(self._items) >= self.limit
+                    else f"{self.byte_limit} bytes")
+            self.close("slow_consumer", encode({
+                "type": "error", "code": "slow_consumer",
+                "message": f"more than {what} pending; disconnecting",
+            }))
             return False
         self._items.append(tuple(frames))
+        self._bytes += size
         self._ready.set()
         return True
+
+    def room(self) -> int:
+        """Return how many more bytes may be queued before the connection counts as too slow."""
+        return 0 if self.closed else max(0, self.byte_limit - self._bytes)
 
     def close(self, code: str | None = None, last_frame: Frame | None = None) -> None:
         """Stop accepting frames; pending ones are discarded if ``last_frame`` is given."""
@@ -153,7 +163,16 @@ class Outbox:
         if last_frame is not None:
             self._items.clear()
             self._items.append((last_frame,))
+            self._bytes = self._taken + len(last_frame.wire())
         self._items.append(_CLOSE)
+        self._ready.set()
+
+    def discard(self) -> None:
+        """Close and free every pending frame (the connection is gone)."""
+        self.close()
+        self._items.clear()
+        self._items.append(_CLOSE)
+        self._bytes = self._taken = 0
         self._ready.set()
 
     def take(self, timeout: float | None = None) -> list[Frame] | None:
@@ -176,15 +195,22 @@ class Outbox:
                 return None
             frames.extend(item)
         self._sending = True
+        self._taken = sum(len(frame.wire()) for frame in frames)
         return frames
 
     def sent(self) -> None:
         """The writer finished sending what ``take`` returned."""
         self._sending = False
+        self._bytes = max(0, self._bytes - self._taken)
+        self._taken = 0
 
     def pending(self) -> int:
         """Return how many publishes wait to be sent."""
         return len(self._items)
+
+    def pending_bytes(self) -> int:
+        """Return the bytes queued or being written."""
+        return self._bytes
 
 
 @dataclass(eq=False)
@@ -258,19 +284,39 @@ class SubscriberHub(pykka.ThreadingActor):
         return None
 
     def _subscribe(self, message: Subscribe) -> None:
-        sub = Subscription(message.outbox, message.since, message.supports_batch, message.draw)
-        self.state.subscriptions[message.outbox.id] = sub
-        self._catch_up_or_drop(sub, message.since)
+        outbox = message.outbox
+        current = self.state.subscriptions.get(outbox.id)
+        if current is not None and message.since is None:
+            # Already subscribed and no new cursor: the client has everything up to its cursor,
+            # so a second full catch-up would only repeat it (and cost a store read each time).
+            current.supports_batch, current.draw = message.supports_batch, message.draw
+            return
+        if outbox.room() < outbox.byte_limit // 2:
+            # Checked before the store read: a client that is not reading gets no more catch-ups.
+            self.state.subscriptions.pop(outbox.id, None)
+            return self._refuse(outbox, "send buffer over half full")
+        sub = Subscription(outbox, message.since, message.supports_batch, message.draw)
+        self.state.subscriptions[outbox.id] = sub
+        self._catch_up_or_drop(sub, message.since, client_asked=True)
+
+    def _refuse(self, outbox: Outbox, why: str) -> None:
+        if not outbox.offer([encode({
+            "type": "error", "code": "rate_limited", "series_id": self.series.text,
+            "message": f"catch-up refused ({why}); read what was sent, then subscribe again",
+        })]):
+            self.state.subscriptions.pop(outbox.id, None)
 
     def _unsubscribe(self, outbox: Outbox) -> None:
         self.state.subscriptions.pop(outbox.id, None)
 
-    def _catch_up_or_drop(self, sub: Subscription, since: int | None) -> None:
+    def _catch_up_or_drop(
+        self, sub: Subscription, since: int | None, client_asked: bool = False
+    ) -> None:
         # Boundary: a catch-up that fails must cost only its own subscription. Were the hub to
         # crash, its restart would replay the same catch-up (subscriptions outlive the actor)
         # and crash again, for every subscriber of the series.
         try:
-            self._catch_up(sub, since)
+            self._catch_up(sub, since, client_asked)
         except Exception as exc:
             self.state.subscriptions.pop(sub.outbox.id, None)
             if isinstance(exc, TradeCanvasError):
@@ -284,7 +330,7 @@ class SubscriberHub(pykka.ThreadingActor):
                 "message": f"catch-up failed ({type(exc).__name__}); subscribe again",
             })])
 
-    def _catch_up(self, sub: Subscription, since: int | None) -> None:
+    def _catch_up(self, sub: Subscription, since: int | None, client_asked: bool = False) -> None:
         sid = self.series.text
         if since is None:
             candles = self.store.read_tail(sid, self.catchup_limit)
@@ -295,9 +341,11 @@ class SubscriberHub(pykka.ThreadingActor):
             frames.append(self._gap_frame(since + self.step, candles[0].candle_time))
         if candles:
             frames.extend(self._candle_frames(candles, sub.supports_batch, internal_gaps=False))
-            sub.cursor = candles[-1].candle_time
-        else:
-            sub.cursor = since
+        if client_asked and sum(len(frame.wire()) for frame in frames) > sub.outbox.room():
+            # A subscribe is the client's request: refuse it rather than drop the connection.
+            self.state.subscriptions.pop(sub.outbox.id, None)
+            return self._refuse(sub.outbox, "it does not fit the connection's send buffer")
+        sub.cursor = candles[-1].candle_time if candles else since
         if frames and not sub.outbox.offer(frames):
             self._drop(sub)
 

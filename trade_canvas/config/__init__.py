@@ -149,6 +149,25 @@ class Settings:
     ws_send_queue_max: int = setting(
         "WS_SEND_QUEUE_MAX", _int(1), 1000,
         "messages a WebSocket client may fall behind before it is dropped as slow_consumer")
+    ws_send_buffer_mb: int = setting(
+        "WS_SEND_BUFFER_MB", _int(1, 4096), 8,
+        "MiB a WebSocket client may have pending (catch-ups included) before it is dropped as "
+        "slow_consumer; a subscribe whose catch-up does not fit is refused (rate_limited)")
+    ws_write_timeout_s: float = setting(
+        "WS_WRITE_TIMEOUT_S", _float(0.1), 10.0,
+        "a write to a WebSocket client that takes longer drops the client")
+    ws_max_subscriptions: int = setting(
+        "WS_MAX_SUBSCRIPTIONS", _int(1, 100_000), 200,
+        "series one WebSocket connection may follow at once; also its subscribe burst")
+    ws_subscribes_per_s: float = setting(
+        "WS_SUBSCRIBES_PER_S", _float(0.1), 20.0,
+        "subscribes per second one connection may sustain after its burst; more get rate_limited")
+    series_idle_ttl_s: float = setting(
+        "SERIES_IDLE_TTL_S", _float(0.1), 300.0,
+        "a series' actors stop after this long with no subscriber, no feed and no write")
+    max_series: int = setting(
+        "MAX_SERIES", _int(0), 2000,
+        "series with running actors at once (0 = unlimited); past it, new series answer 503")
     read_cache_mb: int = setting("READ_CACHE_MB", _int(0, 4096), 64,
                                  "memory for encoded candle-read responses (0 disables the cache)")
     log_level: str = setting("LOG_LEVEL", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR")

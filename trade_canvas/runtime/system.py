@@ -216,7 +216,7 @@ class Runtime:
         """Register a new WebSocket connection and return its outbox."""
         if self.stopping.is_set():
             raise Unavailable("server_shutting_down")
-        outbox = Outbox(self.settings.ws_send_queue_max)
+        outbox = Outbox(self.settings.ws_send_queue_max, self.settings.ws_send_buffer_mb << 20)
         self.connections[outbox.id] = outbox
         return outbox
 
@@ -263,7 +263,7 @@ class Runtime:
         """Forget a connection and all its subscriptions."""
         for series_id in list(outbox.series | outbox.acquired):
             self.unsubscribe(outbox, series_id)
-        outbox.close()
+        outbox.discard()
         self.connections.pop(outbox.id, None)
 
     def _existing_group(self, series_id: str) -> SeriesGroup | None:
