@@ -13,6 +13,10 @@ class NotFound(TradeCanvasError):
     """The thing asked for does not exist."""
 
 
+class RequestTimeout(TradeCanvasError):
+    """The client did not send its whole request (headers and body) in time."""
+
+
 class Conflict(TradeCanvasError):
     """The request is valid but clashes with the current state."""
 

@@ -66,3 +66,26 @@ def test_whitelist(tmp_path) -> None:
     path.write_text("{")
     with pytest.raises(ConfigError):
         load_whitelist(str(path))
+
+
+def test_security_settings_and_the_token_is_never_shown() -> None:
+    settings = load_settings({
+        "TRADE_CANVAS_API_TOKEN": "a-long-enough-secret",
+        "TRADE_CANVAS_ALLOWED_HOSTS": " Chart.Example , ,box.lan",
+        "TRADE_CANVAS_TRUSTED_PROXY_HEADER": "X-Forwarded-For",
+        "TRADE_CANVAS_MAX_CONNECTIONS_PER_PEER": "0",
+    })
+    assert settings.api_token == "a-long-enough-secret"
+    assert "a-long-enough-secret" not in repr(settings)
+    assert settings.allowed_hosts == ("chart.example", "box.lan")
+    assert settings.max_connections_per_peer == 0
+    defaults = load_settings({})
+    assert (defaults.api_token, defaults.write_rate_per_s, defaults.max_connections_per_peer) == (
+        "", 20000.0, 256)
+    with pytest.raises(ConfigError) as info:
+        load_settings({"TRADE_CANVAS_API_TOKEN": "short secret!",
+                       "TRADE_CANVAS_TRUSTED_PROXY_HEADER": "X Forwarded",
+                       "TRADE_CANVAS_HTTP_READ_TIMEOUT_S": "0"})
+    text = str(info.value)
+    assert "TRADE_CANVAS_API_TOKEN=***" in text and "short secret" not in text
+    assert "TRADE_CANVAS_TRUSTED_PROXY_HEADER" in text and "TRADE_CANVAS_HTTP_READ_TIMEOUT_S" in text

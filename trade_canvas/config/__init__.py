@@ -8,6 +8,7 @@ one message naming every bad variable.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import os
 from dataclasses import dataclass, field, fields
@@ -380,6 +381,17 @@ IGNORED_NAMES = (
     "TRADE_CANVAS_DEMO_WHITELIST_PATH",
     "TRADE_CANVAS_DEMO_DB_PATH",
 )
+
+
+def is_loopback(name: str) -> bool:
+    """Whether a host name or address (as bound, or as a Host header names it) is loopback."""
+    name = name.strip().lower().strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def load_whitelist(path: str) -> tuple[str, ...]:

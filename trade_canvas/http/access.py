@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import math
 import threading
 import time
@@ -31,7 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import falcon
 
-from trade_canvas.config import Settings
+from trade_canvas.config import Settings, is_loopback
 from trade_canvas.http.errors import DetailError
 
 OPEN_PATHS = frozenset({"/api/health", "/api/ready"})  # probes never need the token
@@ -48,16 +47,6 @@ def host_name(host: str) -> str:
     if host.count(":") == 1:
         return host.split(":", 1)[0]
     return host
-
-
-def is_loopback(name: str) -> bool:
-    """Whether ``name`` is ``localhost`` or a loopback IP literal."""
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def is_write(method: str, path: str, query_string: str) -> bool:

@@ -15,6 +15,7 @@ from trade_canvas.errors import (
     Conflict,
     InvalidInput,
     NotFound,
+    RequestTimeout,
     TradeCanvasError,
     Unavailable,
     UpstreamError,
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 STATUS_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
     (InvalidInput, 422),
+    (RequestTimeout, 408),
     (NotFound, 404),
     (Conflict, 409),
     (CapacityExceeded, 429),

@@ -127,7 +127,9 @@ class TopMarkets:
         query = read_query(req)
         force = query_bool(req, "force", False)
         facade = _facade(self.runtime)
-        resp.media = facade.get(query.market, query.quote_asset, query.limit, force, req.remote_addr or "")
+        # The client as the access layer identified it (behind a trusted proxy: the header).
+        client = getattr(req.context, "client", None) or req.remote_addr or ""
+        resp.media = facade.get(query.market, query.quote_asset, query.limit, force, client)
 
 
 class TopMarketsStream:

@@ -8,15 +8,20 @@ the HTTP layer (imports point one way: http -> runtime).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.util import import_app
 
+from trade_canvas.config import Settings, is_loopback, load_settings
+from trade_canvas.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 APP_PATH = "trade_canvas.http.app:get_app()"
+WORKER_CLASS = "trade_canvas.runtime.worker.Worker"  # gevent's, with per-client bounds
 GRACEFUL_TIMEOUT_S = 5
 
 
@@ -55,7 +60,7 @@ class Server(BaseApplication):  # type: ignore[misc]
         self.options = {
             "bind": f"{host}:{port}",
             "workers": 1,
-            "worker_class": "gevent",
+            "worker_class": WORKER_CLASS,
             "worker_connections": 10000,
             "graceful_timeout": GRACEFUL_TIMEOUT_S,
             "timeout": 60,
@@ -82,7 +87,42 @@ class Server(BaseApplication):  # type: ignore[misc]
         return import_app(APP_PATH)
 
 
-def serve(host: str, port: int, access_log: bool = False) -> int:
-    """Run the server in the foreground until SIGTERM/SIGINT."""
-    Server(host, port, access_log).run()
+def exposure_problem(host: str, settings: Settings) -> str | None:
+    """Return why serving on ``host`` is refused (beyond loopback without a token), or None."""
+    if is_loopback(host) or settings.api_token or settings.allow_unauthenticated:
+        return None
+    return (
+        f"refusing to serve on {host or 'every address'} without TRADE_CANVAS_API_TOKEN: anyone "
+        "who reaches the port could write candles, run backtests and use the debug routes. Set "
+        "TRADE_CANVAS_API_TOKEN, serve on 127.0.0.1, or set TRADE_CANVAS_ALLOW_UNAUTHENTICATED=1 "
+        "if a firewall or an authenticating proxy guards the port."
+    )
+
+
+def serve(host: str, port: int, access_log: bool = False, workers: int | None = None) -> int:
+
+    """Run the server in the foreground until SIGTERM/SIGINT; 2 if the bind is refused."""
+    from trade_canvas.runtime.logs import configure_logging
+
+    if workers is not None:
+        # The workers load their settings from the environment they inherit.
+        os.environ["TRADE_CANVAS_WORKERS"] = str(workers)
+    try:
+        settings = load_settings(os.environ)
+
+    except ConfigError:
+        settings = None  # the worker reports every bad value when it boots
+    if settings is not None:
+        configure_logging(settings.log_level, settings.log_format)
+        problem = exposure_problem(host, settings)
+        if problem is not None:
+            logger.error("%s", problem)
+            return 2
+        if not is_loopback(host) and not settings.api_token:
+            logger.warning(
+                "SERVING ON %s WITHOUT AUTHENTICATION (TRADE_CANVAS_ALLOW_UNAUTHENTICATED=1): "
+                "anyone who reaches port %d can write candles, run backtests and use the "
+                "debug routes", host or "every address", port)
+    log_format = settings.log_format if settings is not None else "text"
+    Server(host, port, access_log, log_format).run()
     return 0
