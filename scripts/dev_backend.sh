@@ -37,6 +37,8 @@ export TRADE_CANVAS_ENABLE_DEBUG_API="${TRADE_CANVAS_ENABLE_DEBUG_API:-1}"
 export TRADE_CANVAS_ENABLE_DEV_API="${TRADE_CANVAS_ENABLE_DEV_API:-1}"
 # Backtests use ./freqtrade_user_data by default (paths relative to this directory).
 export TRADE_CANVAS_BACKTEST_REQUIRE_TRADES="${TRADE_CANVAS_BACKTEST_REQUIRE_TRADES:-1}"
+# A backtest over a timerange the store lacks fetches the closed candles from the exchange first.
+export TRADE_CANVAS_BACKTEST_FETCH_MISSING="${TRADE_CANVAS_BACKTEST_FETCH_MISSING:-1}"
 
 # Follow Binance live: the whitelist pinned, other series on demand (the runbook's defaults).
 export TRADE_CANVAS_ENABLE_WHITELIST_INGEST="${TRADE_CANVAS_ENABLE_WHITELIST_INGEST:-1}"

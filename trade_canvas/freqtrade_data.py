@@ -52,14 +52,34 @@ def write_feather(path: Path, candles: Sequence[Candle]) -> Path:
 
 def export_candles(
     datadir: Path, pair: PairSpec, timeframe: str, trading_mode: TradingMode,
-    candles: Sequence[Candle],
+    candles: Sequence[Candle], merge: bool = False,
 ) -> Path:
     """Write candles where freqtrade looks for ``pair``/``timeframe`` and return the path.
 
     Futures pairs must carry their settle currency (``BTC/USDT:USDT``); see
-    ``backtest.freqtrade_pair``.
+    ``backtest.freqtrade_pair``. With ``merge`` an existing file's rows are kept and the new
+    candles fill the times it lacks.
     """
-    return write_feather(data_file_path(datadir, pair, timeframe, trading_mode), candles)
+    path = data_file_path(datadir, pair, timeframe, trading_mode)
+    if merge and path.exists():
+        have = read_feather(path)
+        known = {c.candle_time for c in have}
+        candles = [*have, *(c for c in candles if c.candle_time not in known)]
+    return write_feather(path, candles)
+
+
+def read_feather(path: Path) -> list[Candle]:
+    """Read a freqtrade OHLCV feather file."""
+    import pandas
+
+    frame = pandas.read_feather(path)
+    seconds = frame["date"].astype("int64") // _UNIT_DIVISOR[str(frame["date"].dtype.unit)]
+    return [Candle(int(t), float(o), float(h), float(lo), float(c), float(v))
+            for t, o, h, lo, c, v in zip(seconds, frame["open"], frame["high"], frame["low"],
+                                         frame["close"], frame["volume"])]
+
+
+_UNIT_DIVISOR = {"s": 1, "ms": 1000, "us": 1_000_000, "ns": 1_000_000_000}
 
 
 def read_binance_klines_csv(path: Path) -> list[Candle]:

@@ -131,7 +131,9 @@ def test_missing_history_is_a_422_with_hint_and_store_series(make_client, ft_env
 def test_strategies_and_a_real_run_with_results(make_client, ft_env) -> None:
     client = make_client(**ft_env)
     strategies = client.simulate_get("/api/backtest/strategies", params={"recursive": "false"})
-    assert strategies.status_code == 200 and strategies.json == {"strategies": ["SampleStrategy"]}
+    assert strategies.status_code == 200 and strategies.json == {"strategies": [
+        "SampleStrategy", "TradeCanvasAlwaysTradeFuturesStrategy",
+        "TradeCanvasAlwaysTradeSpotStrategy"]}
     assert client.simulate_get("/api/backtest/strategies?recursive=maybe").status_code == 422
     resp = client.simulate_post("/api/backtest/run", json=RUN)
     assert resp.status_code == 200, resp.json

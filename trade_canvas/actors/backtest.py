@@ -40,7 +40,7 @@ from trade_canvas.actors.freqtrade_run import (
     run_backtest,
 )
 from trade_canvas.candles import Candle
-from trade_canvas.errors import CapacityExceeded, Unavailable
+from trade_canvas.errors import CapacityExceeded, TradeCanvasError, Unavailable, UpstreamError
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ class BacktestJob:
     started_at: float | None = None
     finished_at: float | None = None
     result: BacktestResult | None = None
+    progress: dict[str, Any] | None = None  # e.g. fetching missing candles before the run
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON shape used by the listing endpoint."""
@@ -94,7 +95,7 @@ class BacktestJob:
                         "timeframe": self.request.timeframe,
                         "timerange": self.request.timerange},
             "submitted_at": self.submitted_at, "started_at": self.started_at,
-            "finished_at": self.finished_at,
+            "finished_at": self.finished_at, "progress": self.progress,
             "result": self.result.to_dict() if self.result else None,
         }
 
@@ -108,6 +109,10 @@ class RunBacktest:
 
     request: bt.BacktestRequest
     reply_to: pykka.Future[BacktestResult] | None = None
+    # Called in the job's thread before freqtrade runs, with a function reporting progress
+    # (a dict shown as the job's ``progress``); an UpstreamError ends the job as
+    # ``exchange_unreachable``. The runtime fetches and exports missing candles here.
+    prepare: Callable[[Callable[[dict[str, Any]], None]], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +156,13 @@ class ExportCandles:
     pair: str
     timeframe: str
     candles: tuple[Candle, ...]
+    merge: bool = False  # keep the rows of an existing file, adding the new ones
+
+
+@dataclass(frozen=True, slots=True)
+class _Progress:
+    job_id: str
+    progress: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +197,7 @@ class BacktestActor(pykka.ThreadingActor):
         self._waiters: dict[str, pykka.Future[BacktestResult]] = {}
         self._finished: deque[BacktestJob] = deque(maxlen=settings.keep_results)
         self._listings = 0
+        self._prepares: dict[str, Any] = {}
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -203,8 +216,12 @@ class BacktestActor(pykka.ThreadingActor):
                 return None
             case GetPairTimeframes(pair=pair):
                 return pair_timeframes(self._settings, pair)
-            case ExportCandles(pair=pair, timeframe=timeframe, candles=candles):
-                return export_candles(self._settings, pair, timeframe, candles)
+            case ExportCandles(pair=pair, timeframe=timeframe, candles=candles, merge=merge):
+                return export_candles(self._settings, pair, timeframe, candles, merge)
+            case _Progress(job_id=job_id, progress=progress):
+                if job_id in self._jobs:
+                    self._jobs[job_id] = replace(self._jobs[job_id], progress=progress)
+                return None
             case _:
                 logger.warning("BacktestActor: unexpected message %r", message)
                 return None
@@ -223,6 +240,8 @@ class BacktestActor(pykka.ThreadingActor):
         self._queue.append(job.job_id)
         if message.reply_to is not None:
             self._waiters[job.job_id] = message.reply_to
+        if message.prepare is not None:
+            self._prepares[job.job_id] = message.prepare
         logger.debug("backtest %s queued: %r", job.job_id, message.request)
         self._start_ready()
         return self._jobs[job.job_id]
@@ -232,16 +251,36 @@ class BacktestActor(pykka.ThreadingActor):
             job = replace(self._jobs[self._queue.popleft()], state="running",
                           started_at=self._clock())
             self._jobs[job.job_id] = job
-            threading.Thread(target=self._work, args=(job.job_id, job.request),
+            threading.Thread(target=self._work,
+                             args=(job.job_id, job.request, self._prepares.pop(job.job_id, None)),
                              name=f"backtest-{job.job_id}", daemon=True).start()
 
-    def _work(self, job_id: str, request: bt.BacktestRequest) -> None:
-        # Runs outside the actor: only the tell below touches it.
-        result = self._runner(self._settings, job_id, request)
+    def _work(self, job_id: str, request: bt.BacktestRequest, prepare: Any = None) -> None:
+        # Runs outside the actor: only the tells touch it.
+        result = self._prepare(job_id, prepare) if prepare is not None else None
+        if result is None:
+            result = self._runner(self._settings, job_id, request)
         try:
             self.actor_ref.tell(_RunFinished(job_id, result))
         except pykka.ActorDeadError:
             logger.info("backtest %s finished after the actor stopped", job_id)
+
+    def _prepare(self, job_id: str, prepare: Any) -> BacktestResult | None:
+        def report(progress: dict[str, Any]) -> None:
+            try:
+                self.actor_ref.tell(_Progress(job_id, dict(progress)))
+            except pykka.ActorDeadError:
+                pass
+
+        try:
+            prepare(report)
+        except UpstreamError as exc:
+            return BacktestResult(job_id, "error", -1, 0, detail={
+                "message": "exchange_unreachable", "error": str(exc)})
+        except TradeCanvasError as exc:
+            return BacktestResult(job_id, "error", -1, 0, detail={
+                "message": type(exc).__name__, "error": str(exc)})
+        return None
 
     def _on_finished(self, job_id: str, result: BacktestResult) -> None:
         job = self._jobs.pop(job_id, None)

@@ -143,9 +143,13 @@ def pair_timeframes(settings: BacktestSettings, pair: str) -> dict[str, Any]:
 
 
 def export_candles(
-    settings: BacktestSettings, pair: str, timeframe: str, candles: Sequence[Candle]
+    settings: BacktestSettings, pair: str, timeframe: str, candles: Sequence[Candle],
+    merge: bool = False,
 ) -> Path:
-    """Write candles where this setup's freqtrade reads them; returns the file."""
+    """Write candles where this setup's freqtrade reads them; returns the file.
+
+    With ``merge`` the rows of an existing file are kept and the new candles added.
+    """
     from trade_canvas import freqtrade_data  # pandas: only when someone exports
 
     base = load_base_config(settings)
@@ -153,7 +157,7 @@ def export_candles(
     spec = bt.freqtrade_pair(pair, mode)
     datadir = resolve_datadir(settings, base)
     return freqtrade_data.export_candles(
-        datadir, spec, bt.validate_timeframe(timeframe), mode, candles)
+        datadir, spec, bt.validate_timeframe(timeframe), mode, candles, merge)
 
 
 # --- running a child --------------------------------------------------------------------------

@@ -324,6 +324,9 @@ class Settings:
     backtest_queue_size: int = setting(
         "BACKTEST_QUEUE_SIZE", _int(0, 1000), 4,
         "backtests waiting for a slot; one more answers 429 (0: refuse while all slots run)")
+    backtest_fetch_missing: bool = setting(
+        "BACKTEST_FETCH_MISSING", _bool, False,
+        "a run over a timerange first fetches the closed candles the store lacks over REST")
     backtest_keep_results: int = setting("BACKTEST_KEEP_RESULTS", _int(1, 1000), 50,
                                          "finished backtests kept in memory for the results API")
 

@@ -52,6 +52,8 @@ def run_status(result: BacktestResult) -> tuple[int, Any]:
         return 422, {**result.detail, "id": result.job_id}
     if result.status == "strategy_not_found":
         return 404, f"Strategy not found in userdir: {result.detail.get('strategy')}"
+    if result.detail.get("message") == "exchange_unreachable":
+        return 502, {**result.detail, "id": result.job_id}
     if result.detail.get("message") == "freqtrade_unavailable":
         return 503, {"message": "freqtrade_not_installed", "error": result.detail.get("error"),
                      "hint": INSTALL_HINT, "id": result.job_id}

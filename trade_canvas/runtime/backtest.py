@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pykka
 
@@ -33,7 +33,11 @@ from trade_canvas.actors.freqtrade_run import BacktestResult, freqtrade_missing
 from trade_canvas.candles import Candle
 from trade_canvas.config import Settings
 from trade_canvas.errors import InvalidInput, NotFound, Unavailable
-from trade_canvas.series import parse_timeframe
+from trade_canvas.actors.rest import BinanceRest
+from trade_canvas.runtime import history
+from trade_canvas.series import (
+    SeriesId, expected_latest_closed_time, parse_series_id, parse_timeframe,
+)
 from trade_canvas.storage import CandleStore
 
 logger = logging.getLogger(__name__)
@@ -79,11 +83,13 @@ class Backtests:
     """Facade over the BacktestActor; safe to call from any request greenlet."""
 
     def __init__(
-        self, settings: BacktestSettings, actor: pykka.ActorRef[Any], store: CandleStore
+        self, settings: BacktestSettings, actor: pykka.ActorRef[Any], store: CandleStore,
+        fetch: Callable[[SeriesId, int, int, history.Progress], int] | None = None,
     ) -> None:
         self.settings = settings
         self.actor = actor
         self.store = store
+        self.fetch = fetch  # fills the store over REST (TRADE_CANVAS_BACKTEST_FETCH_MISSING)
 
     def freqtrade_missing(self) -> str | None:
         """Return why freqtrade cannot run here (not installed, executable missing), or None."""
@@ -125,11 +131,17 @@ class Backtests:
         """
         self._require_freqtrade()
         info = self._ask(GetPairTimeframes(request.pair))
-        exported = None
-        if request.timeframe not in info["available_timeframes"]:
+        exported: tuple[str, int] | None = None
+        have_file = request.timeframe in info["available_timeframes"]
+        prepare = None
+        if self.fetch is not None and bt.timerange_bounds(request.timerange)[0] is not None:
+            def prepare(report: Callable[[dict[str, Any]], None]) -> None:
+                nonlocal exported
+                exported = self._fetch_and_export(request, info["trading_mode"], have_file, report)
+        elif not have_file:
             exported = self._export_from_store(request, info["trading_mode"])
         done: pykka.Future[BacktestResult] = pykka.ThreadingFuture()
-        job: BacktestJob = self._ask(RunBacktest(request, reply_to=done))
+        job: BacktestJob = self._ask(RunBacktest(request, reply_to=done, prepare=prepare))
         try:
             result = done.get(timeout=self._result_wait_s())
         except pykka.Timeout:
@@ -161,6 +173,41 @@ class Backtests:
                              timeout=EXPORT_TIMEOUT_S)
             logger.info("exported %d candles of %s to %s", len(candles), series_id, path)
         return series_id, len(candles)
+
+    def _fetch_and_export(
+        self, request: bt.BacktestRequest, trading_mode: bt.TradingMode, have_file: bool,
+        report: Callable[[dict[str, Any]], None],
+    ) -> tuple[str, int] | None:
+        """Fetch the closed candles the store lacks for the timerange, then export them.
+
+        An existing data file keeps its rows and gains the ones it lacks.
+        """
+        assert self.fetch is not None
+        spec = bt.freqtrade_pair(request.pair, trading_mode)
+        try:
+            series = parse_series_id(bt.series_id_for(spec, request.timeframe, trading_mode))
+        except InvalidInput:
+            return None  # 1M: the store has no such series
+        tf = series.timeframe.seconds
+        closed = expected_latest_closed_time(int(time.time()), series.timeframe)
+        first, last = bt.export_window(request.timerange, tf, closed, EXPORT_MAX_CANDLES,
+                                       EXPORT_WARMUP_CANDLES)
+
+        def progress(done: int, total: int) -> None:
+            report({"step": "fetching_candles", "series_id": series.text,
+                    "done_candles": done, "missing_candles": total,
+                    "pct": 100.0 if total == 0 else round(done / total * 100, 1)})
+
+        fetched = self.fetch(series, first, last, progress)
+        candles = self._read_for_export(series.text, request)
+        report({"step": "exporting", "series_id": series.text, "fetched_candles": fetched,
+                "candles": len(candles)})
+        if candles:
+            self._ask(ExportCandles(request.pair, request.timeframe, tuple(candles),
+                                    merge=have_file), timeout=EXPORT_TIMEOUT_S)
+        report({"step": "running", "series_id": series.text, "fetched_candles": fetched,
+                "candles": len(candles)})
+        return series.text, len(candles)
 
     def _read_for_export(self, series_id: str, request: bt.BacktestRequest) -> list[Candle]:
         head = self.store.head_time(series_id)
@@ -205,15 +252,24 @@ class Backtests:
             logger.error("backtest actor did not stop within 10s")
 
 
-def start_backtests(settings: Settings, store: CandleStore) -> Backtests:
+def start_backtests(
+    settings: Settings, store: CandleStore, rest: BinanceRest | None = None,
+    ingest: history.Ingest | None = None,
+) -> Backtests:
     """Start the BacktestActor from the settings and return its facade.
 
     Never fails for lack of freqtrade: that is reported per request (503), so a server
-    without the backtest extra still serves market data.
+    without the backtest extra still serves market data. With
+    ``TRADE_CANVAS_BACKTEST_FETCH_MISSING`` (and ``rest``/``ingest``), a run over a timerange
+    first fetches the closed candles the store lacks.
     """
     mapped = backtest_settings(settings)
     actor = BacktestActor.start(mapped)
     problem = freqtrade_missing(mapped)
     logger.info("backtests: userdir=%s config=%s%s", mapped.userdir, mapped.config_path,
                 f" (unavailable: {problem})" if problem else "")
-    return Backtests(mapped, actor, store)
+    fetch = None
+    if settings.backtest_fetch_missing and rest is not None and ingest is not None:
+        fetch = lambda series, first, last, progress: history.fill_range(  # noqa: E731
+            rest, store, ingest, series, first, last, progress)
+    return Backtests(mapped, actor, store, fetch)

@@ -28,6 +28,15 @@ Ingest = Callable[[SeriesId, Sequence[Candle]], object]
 Progress = Callable[[int, int], None]  # (candles covered so far, candles in the range)
 
 
+def quiet_ingest(ingest: Callable[..., object]) -> Ingest:
+    """Adapt ``Runtime.ingest_closed`` to a fill: stored through the store actor, not published."""
+
+    def run(series: SeriesId, candles: Sequence[Candle]) -> object:
+        return ingest(series, candles, publish=False, source="backfill")
+
+    return run
+
+
 def missing_times(store: CandleStore, series: SeriesId, start: int, end: int) -> list[int]:
     """Return the open times in ``[start, end]`` with no stored candle, ascending."""
     step = series.timeframe.seconds

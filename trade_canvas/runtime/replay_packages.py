@@ -12,7 +12,7 @@ from __future__ import annotations
 import gzip
 import logging
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import orjson
 import pykka
@@ -274,11 +274,3 @@ def start_replay_packages(
     supervisor.ask(StartGlobal(KIND, start), timeout=START_TIMEOUT_S)
     return ReplayPackages(store, globals_group, board, files, rest, ingest)
 
-
-def quiet_ingest(ingest: Callable[..., Any]) -> history.Ingest:
-    """Adapt ``Runtime.ingest_closed`` to a non-publishing fill."""
-
-    def run(series: SeriesId, candles: Sequence[Candle]) -> object:
-        return ingest(series, candles, publish=False)
-
-    return run

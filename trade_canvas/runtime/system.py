@@ -49,9 +49,8 @@ from trade_canvas.runtime.cache import ResponseCache, WriteGenerations
 from trade_canvas.runtime.backtest import Backtests, start_backtests
 from trade_canvas.runtime.journal import DebugJournal, event_from_record
 from trade_canvas.runtime.logs import install_journal
-from trade_canvas.runtime.replay_packages import (
-    ReplayPackages, quiet_ingest, start_replay_packages,
-)
+from trade_canvas.runtime.history import quiet_ingest
+from trade_canvas.runtime.replay_packages import ReplayPackages, start_replay_packages
 from trade_canvas.runtime.top_markets import TopMarkets, start_top_markets
 from trade_canvas.series import SeriesId, parse_series_id
 from trade_canvas.storage import CandleStore
@@ -471,7 +470,9 @@ def boot(settings: Settings, clock: Callable[[], float] = time.time) -> Runtime:
     runtime.replays = start_replay_packages(
         settings, store, rest, quiet_ingest(runtime.ingest_closed), supervisor, globals_group
     )
-    runtime.backtests = start_backtests(settings, store)
+    runtime.backtests = start_backtests(
+        settings, store, rest, quiet_ingest(runtime.ingest_closed)
+    )
     logger.info(
         "runtime up: store=%s whitelist=%d series", store.backend, len(whitelist)
     )
