@@ -276,6 +276,29 @@ class Settings:
                                                 "connect timeout")
     postgres_pool_min_size: int = setting("POSTGRES_POOL_MIN_SIZE", _int(0), 1, "pool minimum")
     postgres_pool_max_size: int = setting("POSTGRES_POOL_MAX_SIZE", _int(1), 10, "pool maximum")
+    # -- many processes on one Postgres (README "Running many processes")
+    workers: int = setting(
+        "WORKERS", _int(1, 64), 1,
+        "server processes (gunicorn workers); more than 1 needs the Postgres store and turns "
+        "cluster mode on")
+    cluster: bool = setting(
+        "CLUSTER", _bool, False,
+        "cluster mode on the Postgres store (series leases, cross-process fan-out), for several "
+        "servers on one database; WORKERS>1 turns it on too")
+    cluster_node_name: str = setting(
+        "CLUSTER_NODE_NAME", _str, "",
+        "this process's name in /api/runtime/cluster (empty: host:pid)")
+    cluster_tick_s: float = setting(
+        "CLUSTER_TICK_S", _float(0.05), 0.5,
+        "seconds between two lease renewals (heartbeat, renew, reap, claim)")
+    cluster_lease_ttl_s: float = setting(
+        "CLUSTER_LEASE_TTL_S", _float(0.2), 3.0,
+        "a series lease not renewed for this long may be claimed by another process "
+        "(at least 4 ticks); the owner stops its feeds one tick earlier")
+    cluster_resync_s: float = setting(
+        "CLUSTER_RESYNC_S", _float(0.1), 2.0,
+        "seconds between two checks of every followed series' write sequence (repairs lost "
+        "notifications)")
     # -- factors
     factor_pivot_window_major: int = setting(
         "PIVOT_WINDOW_MAJOR", _int(1), 50, "major pivot half-window, in candles")
@@ -360,9 +383,32 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     settings = Settings(**values)
     if settings.enable_pg_store and not settings.postgres_dsn:
         problems.append("TRADE_CANVAS_POSTGRES_DSN: required when TRADE_CANVAS_ENABLE_PG_STORE=1")
+    problems += cluster_problems(settings)
     if problems:
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
     return settings
+
+
+def cluster_mode(settings: Settings) -> bool:
+    """Whether this process shares its series with others (leases and cross-process fan-out)."""
+    return settings.enable_pg_store and (settings.cluster or settings.workers > 1)
+
+
+def cluster_problems(settings: Settings) -> list[str]:
+    """Return why the cluster settings cannot run (empty when they can)."""
+    problems = []
+    if settings.workers > 1 and not settings.enable_pg_store:
+        problems.append(
+            f"TRADE_CANVAS_WORKERS={settings.workers} needs TRADE_CANVAS_ENABLE_PG_STORE=1: "
+            "the SQLite store serves one process")
+    if settings.cluster and not settings.enable_pg_store:
+        problems.append("TRADE_CANVAS_CLUSTER=1 needs TRADE_CANVAS_ENABLE_PG_STORE=1: the SQLite "
+                        "store serves one process")
+    if settings.cluster_lease_ttl_s < 4 * settings.cluster_tick_s:
+        problems.append(
+            f"TRADE_CANVAS_CLUSTER_LEASE_TTL_S={settings.cluster_lease_ttl_s:g}: must be at least "
+            f"4 x TRADE_CANVAS_CLUSTER_TICK_S ({4 * settings.cluster_tick_s:g})")
+    return problems
 
 
 def unknown_names(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:

@@ -55,11 +55,14 @@ class Server(BaseApplication):  # type: ignore[misc]
     """gunicorn application with our fixed production options."""
 
     def __init__(
-        self, host: str, port: int, access_log: bool = False, log_format: str = "text"
+        self, host: str, port: int, access_log: bool = False, log_format: str = "text",
+        workers: int = 1,
     ) -> None:
         self.options = {
             "bind": f"{host}:{port}",
-            "workers": 1,
+            # More than one only in cluster mode (Postgres): each worker is a node that owns
+            # some series and follows the others' writes (README "Running many processes").
+            "workers": workers,
             "worker_class": WORKER_CLASS,
             "worker_connections": 10000,
             "graceful_timeout": GRACEFUL_TIMEOUT_S,
@@ -100,7 +103,6 @@ def exposure_problem(host: str, settings: Settings) -> str | None:
 
 
 def serve(host: str, port: int, access_log: bool = False, workers: int | None = None) -> int:
-
     """Run the server in the foreground until SIGTERM/SIGINT; 2 if the bind is refused."""
     from trade_canvas.runtime.logs import configure_logging
 
@@ -109,7 +111,6 @@ def serve(host: str, port: int, access_log: bool = False, workers: int | None = 
         os.environ["TRADE_CANVAS_WORKERS"] = str(workers)
     try:
         settings = load_settings(os.environ)
-
     except ConfigError:
         settings = None  # the worker reports every bad value when it boots
     if settings is not None:
@@ -124,5 +125,7 @@ def serve(host: str, port: int, access_log: bool = False, workers: int | None = 
                 "anyone who reaches port %d can write candles, run backtests and use the "
                 "debug routes", host or "every address", port)
     log_format = settings.log_format if settings is not None else "text"
-    Server(host, port, access_log, log_format).run()
+    # Bad settings (WORKERS>1 on SQLite included) boot one worker, which names them and exits 3.
+    Server(host, port, access_log, log_format,
+           settings.workers if settings is not None else 1).run()
     return 0

@@ -54,6 +54,7 @@ from trade_canvas.runtime.replay_packages import ReplayPackages, start_replay_pa
 from trade_canvas.runtime.top_markets import TopMarkets, start_top_markets
 from trade_canvas.series import SeriesId, parse_series_id
 from trade_canvas.storage import CandleStore
+from trade_canvas.storage.lockfile import LockFile, hold_lock
 
 logger = logging.getLogger(__name__)
 
@@ -488,6 +489,7 @@ def validate_kind(kind: str) -> str:
 
 
 _current: list[Runtime] = []
+_locks: list[LockFile] = []
 
 
 def current_runtime() -> Runtime | None:
@@ -514,6 +516,9 @@ def boot_from_environ(
         hint = f"; did you mean {closest}?" if closest else ""
         logger.warning("unknown setting %s is ignored%s", name, hint)
     try:
+        if not settings.enable_pg_store:
+            # Held until the process ends: the server is the only process on the SQLite file.
+            _locks.append(hold_lock(settings.db_path))
         runtime = boot(settings)
     except (ConfigError, Unavailable) as exc:
         _boot_failed(exc)
