@@ -130,10 +130,21 @@ def encode_client_frame(text: str, opcode: int = 0x1) -> bytes:
     return header + mask + masked
 
 
-def subscribe_frame(series_id: str, supports_batch: bool = True) -> bytes:
-    """Return the client frame subscribing to a series (no ``since``: no catch-up if empty)."""
-    return encode_client_frame(orjson.dumps(
-        {"type": "subscribe", "series_id": series_id, "supports_batch": supports_batch}).decode())
+def subscribe_frame(series_id: str, supports_batch: bool = True, draw: bool = False,
+                    since: int | None = None) -> bytes:
+    """Return the client frame subscribing to a series.
+
+    Without ``since`` the server catches the socket up with the series' stored tail; a chart
+    that already loaded its history passes the newest time it holds and gets only what follows.
+    ``draw`` asks for the factor overlay's ``draw_delta`` messages as well.
+    """
+    message: dict[str, Any] = {"type": "subscribe", "series_id": series_id,
+                               "supports_batch": supports_batch}
+    if draw:
+        message["draw"] = True
+    if since is not None:
+        message["since"] = since
+    return encode_client_frame(orjson.dumps(message).decode())
 
 
 class FrameReader:

@@ -5,6 +5,12 @@ to its series, reports ready, then reads all of them with one selector loop unti
 (or its deadline passes) and sends back what arrived (a subscribe answered ``unavailable``,
 which the server sends while a new series' hub is still starting, is sent again): per socket ``(series_id, candle_time,
 received_at)`` for every closed candle (``candle_closed`` or inside ``candles_batch``).
+
+With ``draw=True`` every subscribe frame asks for the factor overlay too, and each socket also
+logs ``(series_id, to_candle_time, received_at)`` of every ``draw_delta`` and their total bytes
+(payload, without the frame header). ``since`` is sent with every subscribe (the newest candle
+time the client already holds), so sockets joining a series with a long history are not caught
+up with its stored tail.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import resource
 import selectors
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -36,30 +42,45 @@ class SocketLog:
     closed_candles: list[tuple[str, int, float]]
     errors: Counter[str]
     closed_by_server: bool
+    draw_deltas: list[tuple[str, int, float]] = field(default_factory=list)
+    draw_bytes: int = 0
 
 
-def _hold(port: int, plan: list[tuple[str, ...]], supports_batch: bool, pipe: Connection) -> None:
+@dataclass(frozen=True)
+class Options:
+    """What every subscribe frame of a ``Subscribers`` group carries."""
+
+    supports_batch: bool = True
+    draw: bool = False
+    since: int | None = None
+
+    def frame(self, series_id: str) -> bytes:
+        """Return the subscribe frame of ``series_id``."""
+        return subscribe_frame(series_id, self.supports_batch, self.draw, self.since)
+
+
+def _hold(port: int, plan: list[tuple[str, ...]], options: Options, pipe: Connection) -> None:
     raise_fd_limit()
     sockets = []
     try:
         for series in plan:
             sock = ws_connect(port)
             for series_id in series:
-                sock.sendall(subscribe_frame(series_id, supports_batch))
+                sock.sendall(options.frame(series_id))
             sockets.append(sock)
     except Exception as exc:  # noqa: BLE001  reported to the driver, which fails the benchmark
         pipe.send(("error", f"connect failed after {len(sockets)} sockets: {exc!r}"))
         return
     pipe.send(("ready", len(sockets)))
     logs = [SocketLog(series, [], Counter(), False) for series in plan]
-    _read(sockets, logs, pipe, supports_batch)
+    _read(sockets, logs, pipe, options)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     pipe.send(("done", {"logs": logs, "cpu_s": usage.ru_utime + usage.ru_stime}))
     for sock in sockets:
         sock.close()
 
 
-def _read(sockets: list[Any], logs: list[SocketLog], pipe: Connection, supports_batch: bool) -> None:
+def _read(sockets: list[Any], logs: list[SocketLog], pipe: Connection, options: Options) -> None:
     selector = selectors.DefaultSelector()
     readers = [FrameReader() for _ in sockets]
     for index, sock in enumerate(sockets):
@@ -87,11 +108,11 @@ def _read(sockets: list[Any], logs: list[SocketLog], pipe: Connection, supports_
                 continue
             for opcode, payload in readers[index].feed(data):
                 if opcode == 0x1:
-                    again = _record(loads(payload), log, received_at)
+                    again = _record(loads(payload), log, received_at, len(payload))
                     if again is not None and log.errors["unavailable"] <= MAX_RESUBSCRIBES:
                         # The protocol's answer while a new series' hub is still starting.
                         sock.setblocking(True)
-                        sock.sendall(subscribe_frame(again, supports_batch))
+                        sock.sendall(options.frame(again))
                         sock.setblocking(False)
                 elif opcode == 0x9:
                     sock.setblocking(True)
@@ -104,10 +125,13 @@ def _read(sockets: list[Any], logs: list[SocketLog], pipe: Connection, supports_
                 return
 
 
-def _record(message: dict[str, Any], log: SocketLog, received_at: float) -> str | None:
+def _record(message: dict[str, Any], log: SocketLog, received_at: float, size: int) -> str | None:
     """Log one server message; return a series to subscribe again (``unavailable``)."""
     kind = message.get("type")
-    if kind == "candle_closed":
+    if kind == "draw_delta":
+        log.draw_deltas.append((message["series_id"], message["to_candle_time"], received_at))
+        log.draw_bytes += size
+    elif kind == "candle_closed":
         log.closed_candles.append((message["series_id"], message["candle"]["candle_time"], received_at))
     elif kind == "candles_batch":
         sid = message["series_id"]
@@ -125,13 +149,15 @@ class Subscribers:
     """A few client processes holding the sockets of ``plan`` (one tuple of series per socket)."""
 
     def __init__(self, port: int, plan: list[tuple[str, ...]], processes: int = 2,
-                 supports_batch: bool = True, ready_timeout_s: float = 180.0) -> None:
+                 supports_batch: bool = True, ready_timeout_s: float = 180.0,
+                 draw: bool = False, since: int | None = None) -> None:
         self.plan = plan
+        options = Options(supports_batch, draw, since)
         shares = [plan[i::processes] for i in range(processes) if plan[i::processes]]
         self.children = []
         for share in shares:
             parent, child = _CTX.Pipe()
-            proc = _CTX.Process(target=_hold, args=(port, share, supports_batch, child), daemon=True)
+            proc = _CTX.Process(target=_hold, args=(port, share, options, child), daemon=True)
             proc.start()
             self.children.append((proc, parent, share))
         deadline = time.monotonic() + ready_timeout_s
