@@ -32,9 +32,6 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.add_argument("--workers", type=int, default=None,
                        help="server processes (default TRADE_CANVAS_WORKERS, 1); >1 needs Postgres")
-    serve.add_argument("--workers", type=int, default=None,
-                       help="server processes (default TRADE_CANVAS_WORKERS, 1); >1 needs Postgres")
-
     sub.add_parser("replay-exchange", help="local Binance replay exchange (see --help)")
     sub.add_parser("store", help="store copy --from SRC --to DST")
     sub.add_parser("backfill", help="backfill SERIES_ID --since DATE: deep history over REST")
@@ -43,7 +40,6 @@ def main(argv: list[str] | None = None) -> int:
         from trade_canvas.runtime.server import serve as run_server
 
         return run_server(parsed.host, parsed.port, parsed.access_log, parsed.workers)
-
     parser.print_help()
     return 2
 

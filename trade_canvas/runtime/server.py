@@ -63,7 +63,6 @@ class Server(BaseApplication):  # type: ignore[misc]
             # More than one only in cluster mode (Postgres): each worker is a node that owns
             # some series and follows the others' writes (README "Running many processes").
             "workers": workers,
-
             "worker_class": WORKER_CLASS,
             "worker_connections": 10000,
             "graceful_timeout": GRACEFUL_TIMEOUT_S,
@@ -104,8 +103,7 @@ def exposure_problem(host: str, settings: Settings) -> str | None:
 
 
 def serve(host: str, port: int, access_log: bool = False, workers: int | None = None) -> int:
-    """Run
- the server in the foreground until SIGTERM/SIGINT; 2 if the bind is refused."""
+    """Run the server in the foreground until SIGTERM/SIGINT; 2 if the bind is refused."""
     from trade_canvas.runtime.logs import configure_logging
 
     if workers is not None:
@@ -114,7 +112,6 @@ def serve(host: str, port: int, access_log: bool = False, workers: int | None = 
     try:
         settings = load_settings(os.environ)
     except ConfigError:
-
         settings = None  # the worker reports every bad value when it boots
     if settings is not None:
         configure_logging(settings.log_level, settings.log_format)
@@ -131,5 +128,4 @@ def serve(host: str, port: int, access_log: bool = False, workers: int | None = 
     # Bad settings (WORKERS>1 on SQLite included) boot one worker, which names them and exits 3.
     Server(host, port, access_log, log_format,
            settings.workers if settings is not None else 1).run()
-
     return 0
