@@ -45,6 +45,7 @@ from typing import Any, Callable, Sequence
 import pykka
 
 from trade_canvas.actors.child import ChildLink, report_failure
+from trade_canvas.actors.instruments import FACTOR_FOLD_SECONDS
 from trade_canvas.actors.messages import (
     Broadcast,
     CandlesStored,
@@ -341,6 +342,7 @@ class FactorActor(pykka.ThreadingActor):
             self._fold(candles)
             self.last_fold = self.clock()
 
+    @FACTOR_FOLD_SECONDS.time()
     def _fold(self, candles: Sequence[Candle]) -> None:
         state, events = engine.run(self.state, candles, self.options.params)
         self._commit(state, events, len(candles))

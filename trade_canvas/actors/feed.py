@@ -181,7 +181,8 @@ class FeedActor(pykka.ThreadingActor):
             return
         self.batch += 1
         self.inflight, self.inflight_at, self.backlog = tuple(self.backlog), now, []
-        message = StoreCandles(self.inflight, reply_to=self.actor_ref, batch=self.batch)
+        message = StoreCandles(self.inflight, reply_to=self.actor_ref, batch=self.batch,
+                               source="feed")
         if not tell(self.lookup("store"), message):
             self._store_failed(self.batch, "store actor is restarting")
 

@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 import orjson
 import pykka
 
+from trade_canvas.actors import instruments
 from trade_canvas.actors.child import ChildLink, report_failure
 from trade_canvas.actors.messages import (
     Broadcast,
@@ -140,6 +141,7 @@ class Outbox:
         if len(self._items) >= self.limit or self._bytes + size > self.byte_limit:
             what = (f"{self.limit} messages" if len(self._items) >= self.limit
                     else f"{self.byte_limit} bytes")
+            instruments.WS_SLOW_CONSUMERS.inc()  # once: a closed outbox never gets here
             self.close("slow_consumer", encode({
                 "type": "error", "code": "slow_consumer",
                 "message": f"more than {what} pending; disconnecting",
@@ -267,7 +269,7 @@ class SubscriberHub(pykka.ThreadingActor):
         self.link.handled()
         match message:
             case CandlesStored():
-                return self._deliver(message.candles)
+                return self._deliver(message.candles, message.committed_at)
             case PublishForming():
                 return self._forming(message.candle)
             case Subscribe():
@@ -349,11 +351,12 @@ class SubscriberHub(pykka.ThreadingActor):
         if frames and not sub.outbox.offer(frames):
             self._drop(sub)
 
-    def _deliver(self, candles: Sequence[Candle]) -> None:
+    def _deliver(self, candles: Sequence[Candle], committed_at: float = 0.0) -> None:
         if not candles:
             return
         times = [c.candle_time for c in candles]
         memo: dict[tuple[int, int | None, bool], list[Frame]] = {}
+        sent = 0
         for sub in list(self.state.subscriptions.values()):
             start = 0 if sub.cursor is None else bisect.bisect_right(times, sub.cursor)
             if start >= len(candles):
@@ -367,8 +370,13 @@ class SubscriberHub(pykka.ThreadingActor):
                 frames = memo[key] = self._live_frames(candles[start:], gap_after, sub.supports_batch)
             if sub.outbox.offer(frames):
                 sub.cursor = times[-1]
+                sent += len(frames)
             else:
                 self._drop(sub)
+        if sent:  # one observation per fan-out, none per subscriber
+            instruments.WS_MESSAGES_SENT.inc(sent)
+            if committed_at:
+                instruments.FANOUT_SECONDS.observe(time.monotonic() - committed_at)
 
     def _live_frames(
         self, candles: Sequence[Candle], gap_after: int | None, supports_batch: bool
@@ -407,21 +415,30 @@ class SubscriberHub(pykka.ThreadingActor):
         self._last_forming = (candle.candle_time, now)
         frame = (encode({"type": "candle_forming", "series_id": self.series.text,
                          "candle": candle.to_dict()}),)
+        sent = 0
         for sub in list(self.state.subscriptions.values()):
             if sub.cursor is not None and candle.candle_time <= sub.cursor:
                 continue
-            if not sub.outbox.offer(frame):
+            if sub.outbox.offer(frame):
+                sent += 1
+            else:
                 self._drop(sub)
+        instruments.WS_MESSAGES_SENT.inc(sent)
 
     def _broadcast(self, message: dict[str, Any], draw_only: bool = False) -> None:
         frame = (encode(message),)
+        sent = 0
         for sub in list(self.state.subscriptions.values()):
             if draw_only and not sub.draw:
                 continue
-            if not sub.outbox.offer(frame):
+            if sub.outbox.offer(frame):
+                sent += 1
+            else:
                 self._drop(sub)
+        instruments.WS_MESSAGES_SENT.inc(sent)
 
     def _drop(self, sub: Subscription) -> None:
         self.state.subscriptions.pop(sub.outbox.id, None)
+        instruments.WS_MESSAGES_DROPPED.inc()
         if sub.outbox.close_code == "slow_consumer":
             logger.warning("dropped slow consumer #%d of %s", sub.outbox.id, self.series.text)

@@ -38,6 +38,7 @@ class StoreCandles:
     publish: bool = True
     reply_to: Any = None
     batch: int = 0
+    source: str = "http"  # who sent them, for the candles-stored metric: http, feed, backfill
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,7 @@ class CandlesStored:
     """Closed candles are durable; subscribers may see them."""
 
     candles: tuple[Candle, ...]
+    committed_at: float = 0.0  # time.monotonic() of the commit (fan-out latency); 0: unknown
 
 
 @dataclass(frozen=True, slots=True)

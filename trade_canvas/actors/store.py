@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable
 
 import pykka
 
+from trade_canvas.actors import instruments
 from trade_canvas.actors.child import ChildLink, report_failure
 from trade_canvas.actors.messages import (
     CandlesCommitted,
@@ -41,6 +43,7 @@ class StoreActor(pykka.ThreadingActor):
         self.lookup = lookup
         self.link = link
         self.on_written = on_written
+        self.metric_series = instruments.series_label(series.text)
 
     def on_start(self) -> None:
         self.link.started()
@@ -58,6 +61,7 @@ class StoreActor(pykka.ThreadingActor):
         return None
 
     def _store(self, message: StoreCandles) -> int:
+        started = time.monotonic()
         try:
             self.store.upsert_candles(self.series.text, message.candles)
         except Exception as exc:
@@ -70,10 +74,14 @@ class StoreActor(pykka.ThreadingActor):
                     logger.warning("store %s: write failed: %s", self.series.text, exc)
                     return 0
             raise
+        committed = time.monotonic()
+        instruments.STORE_COMMIT_SECONDS.observe(committed - started)
+        instruments.CANDLES_STORED.labels(self.metric_series, message.source).inc(
+            len(message.candles))
         if self.on_written is not None:
             self.on_written(self.series.text)
         # Factors follow every stored candle; only subscribers depend on ``publish``.
-        stored = CandlesStored(message.candles)
+        stored = CandlesStored(message.candles, committed)
         if message.publish:
             tell(self.lookup("hub"), stored)
         tell(self.lookup("factor"), stored)

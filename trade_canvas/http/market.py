@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import falcon
 
+from trade_canvas.actors.instruments import INGEST_SECONDS
 from trade_canvas.candles import Candle, parse_candle, parse_candles
 from trade_canvas.errors import InvalidInput
 from trade_canvas.http.errors import DetailError
@@ -15,6 +17,8 @@ from trade_canvas.series import MAX_EPOCH_SECONDS, SeriesId, parse_series_id
 
 MAX_READ_LIMIT = 5000
 MAX_BATCH = 5000
+_SINGLE_SECONDS = INGEST_SECONDS.labels("candle_closed")
+_BATCH_SECONDS = INGEST_SECONDS.labels("candles_closed_batch")
 
 
 def body_candle(req: falcon.Request, runtime: Runtime) -> tuple[SeriesId, Candle]:
@@ -54,8 +58,10 @@ class CandleClosed:
         self.runtime = runtime
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        started = time.perf_counter()
         series, candle = body_candle(req, self.runtime)
         self.runtime.ingest_closed(series, [candle])
+        _SINGLE_SECONDS.observe(time.perf_counter() - started)
         resp.media = {"ok": True, "series_id": series.text, "candle_time": candle.candle_time}
 
 
@@ -66,6 +72,7 @@ class CandlesClosedBatch:
         self.runtime = runtime
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        started = time.perf_counter()
         body = read_json_object(req)
         series = body_series(body)
         publish = body.get("publish_ws", True)
@@ -75,6 +82,7 @@ class CandlesClosedBatch:
             body.get("candles"), series.timeframe, int(self.runtime.clock()), MAX_BATCH
         )
         self.runtime.ingest_closed(series, candles, publish=publish)
+        _BATCH_SECONDS.observe(time.perf_counter() - started)
         times = [c.candle_time for c in candles]
         resp.media = {
             "ok": True,

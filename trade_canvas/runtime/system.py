@@ -18,6 +18,7 @@ import orjson
 import pykka
 
 from trade_canvas import __version__
+from trade_canvas.actors import instruments
 from trade_canvas.actors.child import StatusBoard
 from trade_canvas.actors.hub import HubState, Outbox, SubscriberHub
 from trade_canvas.actors.connection import StreamConnections
@@ -103,14 +104,18 @@ class Runtime:
             raise Unavailable(f"{kind} actor of {series.text} is restarting; retry shortly")
         return ref
 
-    def ingest_closed(self, series: SeriesId, candles: Sequence[Candle], publish: bool = True) -> int:
+    def ingest_closed(
+        self, series: SeriesId, candles: Sequence[Candle], publish: bool = True,
+        source: str = "http",
+    ) -> int:
         """Store closed candles durably (one transaction), then publish them; returns the count."""
         if self.stopping.is_set():
             raise Unavailable("server_shutting_down")
         unique = tuple(dedupe_sorted(candles))
         ref = self._ref(series, "store")
         try:
-            return ref.ask(StoreCandles(unique, publish), timeout=self.settings.ingest_timeout_s)
+            return ref.ask(StoreCandles(unique, publish, source=source),
+                           timeout=self.settings.ingest_timeout_s)
         except pykka.ActorDeadError as exc:
             raise Unavailable(f"store actor of {series.text} stopped; retry shortly") from exc
         except pykka.Timeout as exc:
@@ -441,6 +446,7 @@ def _start_ticker(runtime: Runtime) -> None:
 def boot(settings: Settings, clock: Callable[[], float] = time.time) -> Runtime:
     """Start the store and the supervisor; returns the facade."""
     whitelist = load_whitelist(settings.whitelist_path)
+    instruments.label_series(whitelist)
     store = open_store(settings)
     board = StatusBoard()
     groups: dict[str, SeriesGroup] = {}
