@@ -79,3 +79,21 @@ def test_restarts_are_counted_by_kind(whitelisted) -> None:
             break
         time.sleep(0.1)
     assert value(found, "trade_canvas_actor_restarts_total", kind="hub") == before + 1
+
+
+def test_alert_rules_name_only_metrics_we_serve(whitelisted) -> None:
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2] / "docs" / "monitoring"
+    rules = yaml.safe_load((root / "alerts.yml").read_text())
+    assert yaml.safe_load((root / "prometheus.yml").read_text())["rule_files"] == ["alerts.yml"]
+    exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    names = {name for expr in exprs for name in re.findall(r"trade_canvas_[a-z_]+", expr)}
+    body = whitelisted.simulate_get("/metrics").text
+    # Board families appear with no sample when nothing feeds them: HELP lines name them all.
+    served = set(re.findall(r"^# HELP (trade_canvas_[a-z_]+)", body, re.M))
+    served |= {f"{n}_total" for n in served} | {f"{n}_bucket" for n in served}
+    assert names - served == set()

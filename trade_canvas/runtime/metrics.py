@@ -10,18 +10,22 @@ sets; ``series`` is a whitelisted series id or ``other`` (see ``instruments.seri
 and for ``other`` a gauge is the sum (subscribers) or the worst value (lags) over those series.
 
 Several worker processes: when ``PROMETHEUS_MULTIPROC_DIR`` is set (prometheus-client's own
-variable), the instruments are read from its per-process files and add up across workers; the
-status-board figures describe the worker that answered the scrape.
+variable), every value lives in per-process files there and a scrape adds them up across
+workers, whichever worker answers. Instruments write their files as they count; the status
+board's figures are copied into gauges there by each worker every ``PUBLISH_INTERVAL_S``
+(``BoardPublisher``): sums add up (actors, subscribers, connections, candles filled), worst
+values (lags) take the maximum over workers, and only live workers count.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Iterable, Iterator
 
 import pykka
 from prometheus_client import (
-    CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, values,
+    CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Gauge, generate_latest, values,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -34,6 +38,15 @@ from trade_canvas.series import parse_series_id
 logger = logging.getLogger(__name__)
 
 BACKTEST_ASK_TIMEOUT_S = 1.0
+PUBLISH_INTERVAL_S = 5.0
+# Board figures that are a worst value (a lag), not a sum, when several workers publish them.
+_WORST = frozenset({
+    "trade_canvas_build_info", "trade_canvas_uptime_seconds", "trade_canvas_feed_head_lag_seconds",
+    "trade_canvas_feed_event_lag_seconds", "trade_canvas_feed_silence_seconds",
+    "trade_canvas_factor_lag_seconds", "trade_canvas_rest_weight_used",
+    "trade_canvas_rest_weight_budget", "trade_canvas_rest_paused_seconds",
+    "trade_canvas_actor_mailbox_depth_max",
+})
 
 
 def multiprocess() -> bool:
@@ -42,24 +55,81 @@ def multiprocess() -> bool:
 
 
 class Scrape:
-    """Renders the text format: event instruments first, then the status board."""
+    """Renders the text format: event instruments first, then the status board.
+
+    In multiprocess mode it also starts this worker's ``BoardPublisher`` (until the runtime
+    stops), and renders only the shared files.
+    """
 
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self, runtime: Runtime) -> None:
-        self.board = CollectorRegistry(auto_describe=False)
-        self.board.register(BoardCollector(runtime))
+        self.registries: list[CollectorRegistry] = []
+        collector = BoardCollector(runtime)
         if multiprocess():
             from prometheus_client import multiprocess as mp
 
-            self.events = CollectorRegistry()
-            mp.MultiProcessCollector(self.events)
+            shared = CollectorRegistry()
+            mp.MultiProcessCollector(shared)
+            self.registries.append(shared)
+            publisher = BoardPublisher(collector)
+            publisher.publish()
+            threading.Thread(target=publisher.run, args=(runtime.stopping,),
+                             name="metrics-publisher", daemon=True).start()
         else:
-            self.events = REGISTRY  # our instruments and the process/platform/gc collectors
+            board = CollectorRegistry(auto_describe=False)
+            board.register(collector)
+            # REGISTRY: our instruments and prometheus-client's process, platform, gc figures
+            self.registries += [REGISTRY, board]
 
     def render(self) -> bytes:
         """Return the whole scrape body."""
-        return generate_latest(self.events) + generate_latest(self.board)
+        return b"".join(generate_latest(registry) for registry in self.registries)
+
+
+class BoardPublisher:
+    """Copies the board's figures into multiprocess gauges, so a scrape sums every worker's."""
+
+    def __init__(self, collector: "BoardCollector") -> None:
+        self.collector = collector
+        self.gauges: dict[str, Gauge] = {}
+        self.shown: dict[str, set[tuple[str, ...]]] = {}
+
+    def run(self, stopping: threading.Event) -> None:
+        """Publish every ``PUBLISH_INTERVAL_S`` until ``stopping`` is set."""
+        while not stopping.wait(PUBLISH_INTERVAL_S):
+            try:
+                self.publish()
+            except Exception:  # noqa: BLE001 - a bad scrape value must not end the publisher
+                logger.exception("publishing the status board's metrics failed")
+
+    def publish(self) -> None:
+        """Write the current figures; label sets seen before and gone now are set to 0."""
+        current: dict[str, dict[tuple[str, ...], float]] = {}
+        for family in self.collector.collect():
+            for sample in family.samples:
+                gauge = self._gauge(sample.name, family.documentation, tuple(sample.labels))
+                key = tuple(sample.labels[name] for name in gauge._labelnames)
+                current.setdefault(sample.name, {})[key] = sample.value
+        for name, gauge in self.gauges.items():
+            now = current.get(name, {})
+            for key in self.shown.get(name, set()) - set(now):
+                self._set(gauge, key, 0.0)
+            for key, value in now.items():
+                self._set(gauge, key, value)
+            self.shown[name] = set(now) | self.shown.get(name, set())
+
+    def _gauge(self, name: str, documentation: str, labels: tuple[str, ...]) -> Gauge:
+        gauge = self.gauges.get(name)
+        if gauge is None:
+            mode = "livemax" if name in _WORST else "livesum"
+            gauge = self.gauges[name] = Gauge(name, documentation, labels, registry=None,
+                                              multiprocess_mode=mode)
+        return gauge
+
+    @staticmethod
+    def _set(gauge: Gauge, key: tuple[str, ...], value: float) -> None:
+        (gauge.labels(*key) if key else gauge).set(value)
 
 
 def _kind(kind: str) -> str:

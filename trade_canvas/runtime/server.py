@@ -43,6 +43,14 @@ def _post_worker_init(worker: Any) -> None:
     signal.signal(signal.SIGTERM, on_term)
 
 
+def _child_exit(server: Any, worker: Any) -> None:
+    # Multiprocess metrics (PROMETHEUS_MULTIPROC_DIR): a dead worker's live gauges stop counting.
+    from prometheus_client import multiprocess, values
+
+    if values.ValueClass is not values.MutexValue:
+        multiprocess.mark_process_dead(worker.pid)
+
+
 def _worker_exit(server: Any, worker: Any) -> None:
     from trade_canvas.runtime.system import current_runtime
 
@@ -75,6 +83,7 @@ class Server(BaseApplication):  # type: ignore[misc]
                              if log_format == "json" else "gunicorn.glogging.Logger"),
             "post_worker_init": _post_worker_init,
             "worker_exit": _worker_exit,
+            "child_exit": _child_exit,
             # gunicorn >= 24 opens a control socket in ~/.gunicorn; we have no use for it and
             # several servers on one machine would fight over the path.
             "control_socket_disable": True,
