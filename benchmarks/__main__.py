@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks import factors, fanout, feeds, ingest, latency, memory, reads, replay
+from benchmarks import factors, fanout, feeds, ingest, isolation, latency, memory, reads, replay
 from benchmarks.processes import Context, StoreChoice
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, tuple[Callable[[Context], dict[str, Any]], list[tuple[str,
     "latency": (latency.run, latency.TARGETS),
     "reads": (reads.run, reads.TARGETS),
     "fanout": (fanout.run, fanout.TARGETS),
+    "isolation": (isolation.run, isolation.TARGETS),
     "feeds": (feeds.run, feeds.TARGETS),
     "factors": (_factors, [("full_recompute_s", "<", 0.2)]),
     "memory": (memory.run, memory.TARGETS),

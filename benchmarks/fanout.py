@@ -8,7 +8,7 @@ factors on (the server default), so each live candle also costs its factor fold:
 - ``sub1000draw``: 1000 subscribers of such a series that asked for the factor overlay
   (``"draw": true``), so every fold that changes it is fanned out as a ``draw_delta`` as well;
 - ``sub1000x100``: 1000 subscribers spread over 100 series (10 each), each series holding 500
-  real candles (200 in --quick): 100 full histories would cost minutes of set-up and add
+  real candles (100 in --quick): 100 full histories would cost minutes of set-up and add
   nothing the single-series scenarios do not show.
 
 Set-up of a scenario: its histories are stored through the batch endpoint (``publish_ws``
@@ -218,10 +218,10 @@ def run(ctx: Context) -> dict[str, Any]:
     large = ("sub2000", 2000, 1) if ctx.quick else ("sub5000", 5000, 1)
     scenarios = [("sub100", 100, 1), ("sub1000", 1000, 1), ("sub1000draw", 1000, 1), large,
                  ("sub1000x100", 1000, 100)]
-    rounds = {"sub100": 20, "sub1000": 20, "sub1000draw": 20, "sub2000": 10, "sub1000x100": 5} \
+    rounds = {"sub100": 10, "sub1000": 10, "sub1000draw": 10, "sub2000": 10, "sub1000x100": 5} \
         if ctx.quick else {"sub100": 100, "sub1000": 100, "sub1000draw": 100, "sub5000": 40,
                            "sub1000x100": 20}
-    history = {"sub1000x100": 200 if ctx.quick else 500}
+    history = {"sub1000x100": 100 if ctx.quick else 500}
     figures: dict[str, Any] = {}
     with ctx.server("fanout") as server:
         for label, subscribers, series_count in scenarios:

@@ -2,7 +2,10 @@
 
 The replay exchange runs at 60x with ``--synthesize-listed`` (every listed TRADING symbol
 replays a synthetic path derived from a recorded one; the recordings alone give only ~40
-distinct streams). The server follows on demand (``TRADE_CANVAS_ENABLE_ONDEMAND_INGEST=1``,
+distinct streams). Those paths are real klines already: each spot symbol replays the recorded
+BTCUSDT 1m klines and each futures symbol the recorded XRPUSDT 5m/1h klines, prices scaled by a
+factor derived from the symbol name, longer intervals aggregated from them, so the feeds carry
+real swings (and the factor actors real pivots) like the other real-data benchmarks. The server follows on demand (``TRADE_CANVAS_ENABLE_ONDEMAND_INGEST=1``,
 ``TRADE_CANVAS_ONDEMAND_MAX_JOBS=0``): WebSocket clients subscribe to N series, which starts N
 feed actors sharing a few exchange stream connections. After every feed runs, the worker's CPU
 (/proc/<pid>/stat) and RSS are measured over a window, and each closed candle's delay is taken

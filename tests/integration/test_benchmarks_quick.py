@@ -19,8 +19,10 @@ pytestmark = pytest.mark.integration
 EXPECTED = {
     "ingest": ["single_candles_per_s", "batch_candles_per_s"],
     "reads": ["tail500_req_per_s", "tail500_p50_ms", "tail500_p99_ms", "tail5000_req_per_s"],
-    "fanout": ["sub100_p99_ms", "sub1000_p99_ms", "sub2000_lost", "sub2000_max_ms",
-               "sub1000x100_p99_ms"],
+    "fanout": ["sub100_p99_ms", "sub1000_p99_ms", "sub1000_from_send_p99_ms", "sub2000_lost",
+               "sub2000_max_ms", "sub1000x100_p99_ms", "sub1000draw_from_send_p99_ms",
+               "sub1000draw_draw_from_send_p99_ms", "sub1000draw_draw_mean_bytes"],
+    "isolation": ["baseline_p99_ms", "during_catchup_p99_ms", "during_catchup_max_ms", "catchup_s"],
     "feeds": ["followed_series", "cpu_per_series_pct_core", "rss_per_series_kib",
               "closed_delay_p99_ms"],
     "factors": ["full_recompute_s"],
@@ -44,3 +46,5 @@ def test_quick_benchmarks_run_clean(tmp_path):
         for key in keys:
             assert isinstance(entry["figures"].get(key), (int, float)), (name, key)
     assert results["benchmarks"]["fanout"]["figures"]["sub2000_lost"] == 0
+    assert results["benchmarks"]["fanout"]["figures"]["sub1000draw_draw_lost"] == 0
+    assert results["benchmarks"]["isolation"]["figures"]["lost"] == 0
