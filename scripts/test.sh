@@ -8,6 +8,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[test]'
+# The status page's browser test drives Debian's Chromium (never `playwright install`).
+if [ "${CI:-}" = "true" ] && [ ! -x /usr/bin/chromium ]; then
+    echo "== installing chromium for the status page test"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+fi
 echo "== import contracts"
 .venv/bin/lint-imports
 echo "== types (mypy --strict on pure modules and config)"
