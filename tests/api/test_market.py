@@ -72,6 +72,12 @@ def test_bad_read_parameters(client, params: dict, detail: str) -> None:
         ({"series_id": S}, 422, "candle must be an object"),
         ({"candle": candle(NOW - NOW % 60)}, 422, "series_id is required"),
         ({"series_id": "x", "candle": candle(NOW - NOW % 60)}, 422, "invalid series_id"),
+        ({"series_id": "binance:spot:BTC\x00/USDT:1m", "candle": candle(NOW - NOW % 60)}, 422,
+         "invalid series_id"),
+        ({"series_id": "binance:spot:" + "A" * 2700 + ":1m", "candle": candle(NOW - NOW % 60)}, 422,
+         "invalid series_id"),
+        ({"series_id": S, "candle": {**candle(NOW - NOW % 60), "close": "1_5"}}, 422, "close"),
+        ({"series_id": S, "candle": {**candle(NOW - NOW % 60), "open": 0, "low": 0}}, 422, "> 0"),
     ],
 )
 def test_bad_ingest_stores_nothing(client, body: dict, status: int, detail: str) -> None:

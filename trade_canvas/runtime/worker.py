@@ -71,6 +71,9 @@ def error_answer(exc: BaseException) -> tuple[int, str]:
     return 500, "internal_error"
 
 
+_TOO_MANY_CONNECTIONS = json_response(429, "too many connections from your address")
+
+
 class PeerCounts:
     """Open HTTP connections per client address, refused past ``limit`` (0: never)."""
 
@@ -242,7 +245,7 @@ class Worker(GeventWorker):  # type: ignore[misc]
                                "(TRADE_CANVAS_MAX_CONNECTIONS_PER_PEER; %d refused so far)",
                                peer, self.peers.limit, self.peers.refused)
             try:
-                util.write_nonblock(client, json_response(429, "too many connections from your address"))
+                util.write_nonblock(client, _TOO_MANY_CONNECTIONS)
             except OSError:
                 pass
             util.close(client)
