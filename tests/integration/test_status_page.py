@@ -53,6 +53,12 @@ def page(browser) -> Iterator:
     context.close()
 
 
+def expect(locator):  # playwright's assertions poll without eval (the page's CSP forbids it)
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(locator)
+
+
 def ingest(server, series: str, minutes_ago: int = 5) -> None:
     status, body = server.post("/api/market/ingest/candle_closed",
                                {"series_id": series, "candle": candle(aligned_past(minutes_ago))})
@@ -72,9 +78,7 @@ def test_page_shows_an_ingested_series_and_a_restart(start_server, page) -> None
     failure = page.locator("#failures tr", has_text="crash requested")
     failure.wait_for(timeout=15_000)
     assert SERIES in failure.inner_text() and "store" in failure.inner_text()
-    page.wait_for_function(
-        f"document.querySelector('#series tr[data-series=\"{SERIES}\"] td:nth-child(8)')"
-        ".textContent === '1'", timeout=15_000)
+    expect(row.locator("td:nth-child(8)")).to_have_text("1", timeout=15_000)  # restarts
     assert page.problems == []  # type: ignore[attr-defined]
     assert page.request.get(server.base + "/ops").ok
 
@@ -85,9 +89,7 @@ def test_many_series_page_search_and_sort(start_server, page) -> None:
     for name in names:
         ingest(server, name)
     page.goto(server.base + "/ops")
-    page.wait_for_function(
-        "document.getElementById('page-info').textContent === '1–50 of 60 series'",
-        timeout=15_000)
+    expect(page.locator("#page-info")).to_have_text("1–50 of 60 series", timeout=15_000)
     assert page.locator("#series tbody tr").count() == 50
     page.click("#next")
     assert page.locator("#series tbody tr").count() == 10
