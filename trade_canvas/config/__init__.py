@@ -8,6 +8,7 @@ one message naming every bad variable.
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import json
 import os
@@ -432,6 +433,7 @@ IGNORED_NAMES = (
 )
 
 
+@functools.lru_cache(maxsize=1024)  # asked on every request, with few distinct names
 def is_loopback(name: str) -> bool:
     """Whether a host name or address (as bound, or as a Host header names it) is loopback."""
     name = name.strip().lower().strip("[]")

@@ -177,8 +177,9 @@ def linger_close(sock: Any, timeout_s: float = 1.0, limit: int = 256 * 1024) -> 
 
 
 def _has_body(environ: dict[str, Any]) -> bool:
-    length = environ.get("CONTENT_LENGTH", "")
-    return (length not in ("", "0")) or "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "")
+    if environ.get("CONTENT_LENGTH", "") not in ("", "0"):
+        return True
+    return "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
 
 
 def _close_after(sock: ClientSocket, start_response: Callable[..., Any]) -> None:
