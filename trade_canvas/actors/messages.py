@@ -294,3 +294,37 @@ class ReplayJobEnded:
 
     job_id: str
     error: str | None
+
+
+# -- cluster mode (several processes on one Postgres)
+
+
+@dataclass(frozen=True, slots=True)
+class WantLeases:
+    """The series this process would follow live if it held their leases (supervisor -> leases)."""
+
+    series_ids: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class LeasesChanged:
+    """The series whose lease this process now holds; empty when it fenced itself."""
+
+    owned: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class HintReceived:
+    """A notification from the listener: another (or this) process wrote or released a series."""
+
+    hint: Any
+
+
+@dataclass(frozen=True, slots=True)
+class CheckHeads:
+    """Compare every followed series' write sequence with what was delivered (periodic)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConnected:
+    """The listener (re)connected: notifications may have been lost, resync everything."""

@@ -17,6 +17,7 @@ from trade_canvas.actors.messages import (
     StoreCandles,
     StoreFailed,
 )
+from trade_canvas.candles import Candle
 from trade_canvas.errors import Unavailable
 from trade_canvas.series import SeriesId
 from trade_canvas.storage import CandleStore
@@ -36,8 +37,12 @@ class StoreActor(pykka.ThreadingActor):
         lookup: RefLookup,
         link: ChildLink,
         on_written: Callable[[str], None] | None = None,
+        on_committed: Callable[[str, int | None, tuple[Candle, ...], bool], None] | None = None,
     ) -> None:
         super().__init__()
+        # Cluster mode: (series, write sequence number, candles, publish) after each commit,
+        # so the other processes learn of the write (runtime/cluster.py).
+        self.on_committed = on_committed
         self.series = series
         self.store = store
         self.lookup = lookup
@@ -63,7 +68,7 @@ class StoreActor(pykka.ThreadingActor):
     def _store(self, message: StoreCandles) -> int:
         started = time.monotonic()
         try:
-            self.store.upsert_candles(self.series.text, message.candles)
+            seq = self.store.upsert_candles(self.series.text, message.candles)
         except Exception as exc:
             # An outage (Unavailable) is answered, not died of: a restart would only add backoff
             # before the next write, and the sender keeps the candles until a write commits.
@@ -80,6 +85,8 @@ class StoreActor(pykka.ThreadingActor):
             len(message.candles))
         if self.on_written is not None:
             self.on_written(self.series.text)
+        if self.on_committed is not None:
+            self.on_committed(self.series.text, seq, message.candles, message.publish)
         # Factors follow every stored candle; only subscribers depend on ``publish``.
         stored = CandlesStored(message.candles, committed)
         if message.publish:

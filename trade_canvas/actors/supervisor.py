@@ -27,9 +27,11 @@ from trade_canvas.actors.messages import (
     StartGlobal,
     StopSeries,
     Tick,
+    LeasesChanged,
+    WantLeases,
 )
 from trade_canvas.lifecycle import FeedDemand, FeedJob
-from trade_canvas.series import SeriesId
+from trade_canvas.series import SeriesId, parse_series_id
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ class Supervisor(pykka.ThreadingActor):
         backoff_initial_s: float = 0.2,
         backoff_max_s: float = 30.0,
         stable_after_s: float = 60.0,
+        cluster: bool = False,
     ) -> None:
         super().__init__()
         self.blueprint = blueprint
@@ -88,6 +91,11 @@ class Supervisor(pykka.ThreadingActor):
         self.feed_blueprint = feed_blueprint
         self.demand = demand if demand is not None else FeedDemand(0)
         self.idle_ttl_s = idle_ttl_s
+        # Cluster mode: a feed runs only while this process holds the series' lease (the global
+        # "leases" child claims what ``demand`` wants and tells ``LeasesChanged``). None: no
+        # cluster, every wanted feed runs here.
+        self.owned: frozenset[str] | None = frozenset() if cluster else None
+        self.wanted: frozenset[str] = frozenset()
         self.record = ChildRecord(kind="supervisor", series_id=None, start=lambda link: self.actor_ref)
 
     def on_start(self) -> None:
@@ -124,6 +132,8 @@ class Supervisor(pykka.ThreadingActor):
                 return self._pin(message.series)
             case StartGlobal():
                 return self._add_child(self.globals, message.kind, message.start)
+            case LeasesChanged():
+                return self._leases_changed(message.owned)
         logger.warning("supervisor ignored unexpected message %r", message)
         return None
 
@@ -168,7 +178,36 @@ class Supervisor(pykka.ThreadingActor):
             self._stop_feed(victim, "evicted for a new on-demand feed")
         if outcome.start:
             self._start_feed(group, self.demand.jobs[series.text])
+        self._want()
         return outcome.start
+
+    def _want(self, every_tick: bool = False) -> None:
+        # Repeated every tick (not only on change): a restarted lease actor starts empty.
+        wanted = frozenset(self.demand.jobs)
+        if self.owned is None or (wanted == self.wanted and not every_tick):
+            return
+        self.wanted = wanted
+        ref = self.globals.ref("leases")
+        if ref is not None:
+            try:
+                ref.tell(WantLeases(wanted))
+            except pykka.ActorDeadError:
+                pass
+
+    def _leases_changed(self, owned: frozenset[str]) -> None:
+        if self.owned is None:
+            return
+        self.owned = owned
+        for series_id, group in list(self.groups.items()):
+            if "feed" in group.children and series_id not in owned:
+                self._stop_feed(series_id, "this process no longer holds the series' lease")
+        for series_id in sorted(owned):
+            job = self.demand.jobs.get(series_id)
+            if job is None:
+                continue  # claimed just before we stopped wanting it; released next tick
+            group = self.groups.get(series_id) or self._ensure(parse_series_id(series_id))
+            if "feed" not in group.children:
+                self._start_feed(group, job)
 
     def _pin(self, series: SeriesId) -> None:
         group = self._ensure(series)
@@ -178,6 +217,8 @@ class Supervisor(pykka.ThreadingActor):
     def _start_feed(self, group: SeriesGroup, job: FeedJob) -> None:
         if self.feed_blueprint is None or group.series is None:
             return
+        if self.owned is not None and job.series_id not in self.owned:
+            return self._want()  # started by _leases_changed once the lease is ours
         self._add_child(group, "feed", self.feed_blueprint(group.series, group, job))
         logger.info("feed of %s started (%s)", job.series_id, "pinned" if job.pinned else "on demand")
 
@@ -250,6 +291,7 @@ class Supervisor(pykka.ThreadingActor):
     def _tick(self, now: float) -> None:
         for series_id in self.demand.expired(self.wall(), self.idle_ttl_s):
             self._stop_feed(series_id, f"idle for {self.idle_ttl_s:g}s")
+        self._want(every_tick=True)
         for group in [self.globals, *self.groups.values()]:
             for record in list(group.children.values()):
                 self._check(record, now)

@@ -42,6 +42,7 @@ def create_app(runtime: Runtime) -> falcon.App:
     app.add_route("/api/health", status.Health())
     app.add_route("/api/ready", status.Ready(runtime))
     app.add_route("/api/runtime/actors", status.Actors(runtime))
+    app.add_route("/api/runtime/cluster", status.Cluster(runtime))
     app.add_route("/metrics", metrics.Metrics(runtime))
     page = ops.StatusPage()
     app.add_route("/", page)

@@ -36,6 +36,16 @@ class Actors:
         resp.media = self.runtime.status()
 
 
+class Cluster:
+    """GET /api/runtime/cluster: nodes, series owners with epochs, heads (cluster mode; else 404)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self.runtime.cluster_view()
+
+
 class Crash:
     """POST /api/runtime/debug/crash (debug API): make one actor of a series fail."""
 

@@ -41,12 +41,15 @@ from trade_canvas.actors.rest import BinanceRest
 from trade_canvas.actors.store import StoreActor, tell
 from trade_canvas.actors.supervisor import SeriesGroup, Supervisor
 from trade_canvas.candles import Candle, dedupe_sorted
-from trade_canvas.config import Settings, load_settings, load_whitelist, unknown_names
+from trade_canvas.config import (
+    Settings, cluster_mode, load_settings, load_whitelist, unknown_names,
+)
 from trade_canvas.errors import ConfigError, InvalidInput, TradeCanvasError, Unavailable
 from trade_canvas.exchanges import binance
 from trade_canvas.lifecycle import FeedDemand, FeedJob
 from trade_canvas.runtime import factor_reads, frames, market_health
 from trade_canvas.runtime.cache import ResponseCache, WriteGenerations
+from trade_canvas.runtime.cluster import open_cluster, start_cluster
 from trade_canvas.runtime.backtest import Backtests, start_backtests
 from trade_canvas.runtime.journal import DebugJournal, event_from_record
 from trade_canvas.runtime.logs import install_journal
@@ -85,6 +88,7 @@ class Runtime:
     replays: ReplayPackages | None = None  # replay packages: a supervised job runner
     journal: DebugJournal | None = None  # recent backend events for /ws/debug (debug API)
     stop_journal: Callable[[], None] | None = None
+    cluster: Any = None  # runtime.cluster.Cluster in cluster mode (README "Running many processes")
 
     # -- candles
 
@@ -311,7 +315,30 @@ class Runtime:
         self.store.ping()
         if not self.supervisor.is_alive():
             raise Unavailable("supervisor is not running")
+        if self.cluster is not None:
+            self.cluster.check_ready()
         return {"ready": True, "store_backend": self.store.backend}
+
+    def cluster_view(self) -> dict[str, Any]:
+        """Return the ``GET /api/runtime/cluster`` body (tables, plus this process's side).
+
+        Raises:
+            NotFound: not in cluster mode.
+        """
+        if self.cluster is None:
+            from trade_canvas.errors import NotFound
+
+            raise NotFound("not in cluster mode (TRADE_CANVAS_CLUSTER, TRADE_CANVAS_WORKERS)")
+        body = self.cluster.view_leases.view()
+        local = {sid: g for sid, g in self.groups.items()}
+        body["this_node"] = {
+            **self.cluster.local_view(),
+            "feeds": sorted(sid for sid, g in local.items() if "feed" in g.children),
+            "pinned": sorted(s for s in self.whitelist if s in local),
+            "refcounts": {sid: (g.children["feed"].snapshot().get("refcount"))
+                          for sid, g in local.items() if "feed" in g.children},
+        }
+        return body
 
     def begin_shutdown(self) -> None:
         """Refuse new work and close every WebSocket session (code 1001)."""
@@ -329,6 +356,8 @@ class Runtime:
         self.store_closed = True
         if self.backtests is not None:
             self.backtests.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
         try:
             self.supervisor.stop(block=True, timeout=10)
         except pykka.Timeout:
@@ -337,6 +366,8 @@ class Runtime:
         if leftovers:
             logger.error("bug: actors still running after stop: %s", leftovers)
             pykka.ActorRegistry.stop_all(block=True, timeout=5)
+        if self.cluster is not None:
+            self.cluster.close()
         self.store.close()
         logger.info("runtime stopped")
         if self.stop_journal is not None:
@@ -354,6 +385,7 @@ def open_store(settings: Settings) -> CandleStore:
             pool_min_size=settings.postgres_pool_min_size,
             pool_max_size=settings.postgres_pool_max_size,
             connect_timeout_s=settings.postgres_connect_timeout_s,
+            sequenced=cluster_mode(settings),
         )
     from trade_canvas.storage.sqlite import SqliteCandleStore
 
@@ -361,7 +393,8 @@ def open_store(settings: Settings) -> CandleStore:
 
 
 def make_blueprint(
-    settings: Settings, store: CandleStore, generations: WriteGenerations
+    settings: Settings, store: CandleStore, generations: WriteGenerations,
+    on_committed: Callable[..., None] | None = None,
 ) -> Callable[..., dict[str, Any]]:
     """Return how a series group is built: one line per actor kind, in start order."""
 
@@ -374,7 +407,8 @@ def make_blueprint(
                 catchup_limit=settings.market_ws_catchup_limit,
                 forming_interval_s=settings.market_forming_min_interval_ms / 1000.0,
             ),
-            "store": lambda link: StoreActor.start(series, store, group.ref, link, generations.bump),
+            "store": lambda link: StoreActor.start(
+                series, store, group.ref, link, generations.bump, on_committed=on_committed),
             "factor": lambda link: FactorActor.start(series, store, group.ref, link, factor),
         }
 
@@ -456,12 +490,15 @@ def boot(settings: Settings, clock: Callable[[], float] = time.time) -> Runtime:
     )
     globals_group = SeriesGroup(None)
     generations = WriteGenerations()
+    cluster = open_cluster(settings) if cluster_mode(settings) else None
     supervisor = Supervisor.start(
-        make_blueprint(settings, store, generations), board, groups,
+        make_blueprint(settings, store, generations,
+                       cluster.notifier.written if cluster is not None else None), board, groups,
         globals_group=globals_group,
         feed_blueprint=make_feed_blueprint(settings, store, rest, globals_group),
         demand=FeedDemand(settings.ondemand_max_jobs),
         idle_ttl_s=settings.ondemand_idle_ttl_s,
+        cluster=cluster is not None,
     )
     runtime = Runtime(
         settings, store, board, supervisor, whitelist, groups, rest, clock=clock,
@@ -472,6 +509,9 @@ def boot(settings: Settings, clock: Callable[[], float] = time.time) -> Runtime:
         runtime.journal = DebugJournal(settings.debug_event_buffer)
         runtime.stop_journal = install_journal(runtime.journal.record, event_from_record)
     _start_ticker(runtime)
+    if cluster is not None:
+        runtime.cluster = cluster
+        start_cluster(cluster, supervisor, globals_group, groups, store, generations.bump)
     _start_feeds(runtime)
     runtime.top_markets = start_top_markets(settings, rest, supervisor, globals_group)
     runtime.replays = start_replay_packages(

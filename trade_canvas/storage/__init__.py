@@ -57,8 +57,12 @@ class CandleStore(Protocol):
 
     backend: str
 
-    def upsert_candles(self, series_id: str, candles: Sequence[Candle]) -> None:
-        """Insert or overwrite candles by (series_id, candle_time) in one transaction."""
+    def upsert_candles(self, series_id: str, candles: Sequence[Candle]) -> int | None:
+        """Insert or overwrite candles by (series_id, candle_time) in one transaction.
+
+        Returns the series' write sequence number where the store keeps one (Postgres in
+        cluster mode), else None.
+        """
 
     def read_tail(self, series_id: str, limit: int) -> list[Candle]:
         """Return the newest ``limit`` candles, oldest first."""

@@ -172,6 +172,40 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ON {schema}.draw_versions (series_id, version_id)",
         ),
     ),
+    Migration(
+        4,
+        "cluster mode: nodes, series leases with a fencing epoch, per-series write sequence",
+        # Times are Postgres' now(): no process compares its own clock with another's.
+        _statements(
+            """
+            CREATE TABLE IF NOT EXISTS {schema}.cluster_nodes (
+                node_id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                pid INTEGER NOT NULL,
+                backend_pid INTEGER,
+                backend_start TIMESTAMPTZ,
+                started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                heartbeat_at TIMESTAMPTZ NOT NULL,
+                expires_at TIMESTAMPTZ NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS {schema}.series_owners (
+                series_id TEXT COLLATE "C" PRIMARY KEY,
+                node_id TEXT,
+                epoch BIGINT NOT NULL DEFAULT 0,
+                expires_at TIMESTAMPTZ NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS {schema}.series_heads (
+                series_id TEXT COLLATE "C" PRIMARY KEY,
+                seq BIGINT NOT NULL,
+                head_time BIGINT NOT NULL
+            )
+            """,
+        ),
+    ),
 )
 assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
 
@@ -262,6 +296,15 @@ class _Queries:
             "AND candle_time >= %s AND candle_time <= %s ORDER BY candle_time"
         )
         self.head = render("SELECT max(candle_time) FROM {table} WHERE series_id = %s")
+        heads = sql.Identifier(schema, "series_heads")
+        self.bump_head = sql.SQL(
+            "INSERT INTO {heads} AS h (series_id, seq, head_time) VALUES (%s, 1, %s) "
+            "ON CONFLICT (series_id) DO UPDATE SET seq = h.seq + 1, "
+            "head_time = greatest(h.head_time, EXCLUDED.head_time) RETURNING seq"
+        ).format(heads=heads).as_string(None)
+        self.heads = sql.SQL(
+            "SELECT series_id, seq, head_time FROM {heads} WHERE series_id = ANY(%s)"
+        ).format(heads=heads).as_string(None)
         self.count = render("SELECT count(*) FROM {table} WHERE series_id = %s")
         # DISTINCT would read every row; this walks the primary key once per series instead.
         self.series_ids = render(
@@ -350,8 +393,14 @@ class PostgresCandleStore:
         pool_min_size: int = 1,
         pool_max_size: int = 10,
         connect_timeout_s: float = 5.0,
+        sequenced: bool = False,
     ) -> None:
         """Connect, migrate the schema and open the pool.
+
+        ``sequenced`` (cluster mode): every candle write also bumps the series' row in
+        ``series_heads`` in its transaction and ``upsert_candles`` returns the new number. The
+        row lock orders the writers of one series across processes, so commit order is
+        sequence order and a follower that sees a jump knows it missed a write.
 
         Raises:
             ConfigError: bad schema name, pool sizes, DSN syntax, or the server rejected the
@@ -363,6 +412,7 @@ class PostgresCandleStore:
         self._dsn = dsn
         self._where = redact_dsn(dsn)
         self._closed = False
+        self.sequenced = sequenced
         self._queries = _Queries(schema)
         self._factor = _FactorQueries(schema)
         self._connect_kwargs = _connect_kwargs(dsn, connect_timeout_s)
@@ -436,31 +486,49 @@ class PostgresCandleStore:
         detail = _scrub(str(exc).strip(), self._dsn)
         return Unavailable(f"postgres store {self._where}: {what} failed: {detail}")
 
-    def upsert_candles(self, series_id: str, candles: Sequence[Candle]) -> None:
-        """Insert or overwrite candles in one transaction; the last one given per time wins."""
+    def upsert_candles(self, series_id: str, candles: Sequence[Candle]) -> int | None:
+        """Insert or overwrite candles in one transaction; the last one given per time wins.
+
+        Returns the series' new write sequence number when ``sequenced``, else None.
+        """
         by_time = {candle.candle_time: candle.to_row() for candle in candles}
         rows = [by_time[t] for t in sorted(by_time)]  # one lock order: no upsert deadlocks
         if not rows:
-            return
+            return None
         if len(rows) >= COPY_MIN_ROWS:
-            self._run("upsert", lambda conn: self._copy_rows(conn, series_id, rows))
-        else:
-            self._run("upsert", lambda conn: self._insert_rows(conn, series_id, rows))
+            return self._run("upsert", lambda conn: self._copy_rows(conn, series_id, rows))
+        return self._run("upsert", lambda conn: self._insert_rows(conn, series_id, rows))
 
-    def _insert_rows(self, conn: Conn, series_id: str, rows: list[Row]) -> None:
+    def _bump_head(self, cur: psycopg.Cursor[Any], series_id: str, rows: list[Row]) -> int | None:
+        if not self.sequenced:
+            return None
+        cur.execute(self._queries.bump_head, (series_id, rows[-1][0]))
+        row = cur.fetchone()
+        return int(row[0]) if row is not None else None
+
+    def read_heads(self, series_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """Return ``{series_id: (seq, head_time)}`` of the series written in cluster mode."""
+        rows = self._fetch("read_heads", self._queries.heads, (list(series_ids),))
+        return {row[0]: (int(row[1]), int(row[2])) for row in rows}
+
+    def _insert_rows(self, conn: Conn, series_id: str, rows: list[Row]) -> int | None:
         with conn.transaction(), conn.cursor() as cur:
+            seq = self._bump_head(cur, series_id, rows)
             cur.executemany(self._queries.insert, [(series_id, *row) for row in rows])
+        return seq
 
-    def _copy_rows(self, conn: Conn, series_id: str, rows: list[Row]) -> None:
+    def _copy_rows(self, conn: Conn, series_id: str, rows: list[Row]) -> int | None:
         # Created inside the transaction (not once per connection) so that it also works
         # behind a transaction-pooling proxy such as pgbouncer.
         with conn.transaction(), conn.cursor() as cur:
+            seq = self._bump_head(cur, series_id, rows)
             cur.execute(_STAGE_TABLE)
             with cur.copy(_STAGE_COPY) as copy:
                 copy.set_types(_STAGE_TYPES)
                 for row in rows:
                     copy.write_row(row)
             cur.execute(self._queries.merge_staged, (series_id,))
+        return seq
 
     def _fetch(self, what: str, query: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
         return self._run(what, lambda conn: conn.execute(query, args).fetchall())

@@ -1,0 +1,129 @@
+"""Cluster mode end to end: several servers on one Postgres schema share their series.
+
+Each server is its own process (``TRADE_CANVAS_CLUSTER=1``), as on several hosts. Writes made
+on one server reach WebSocket subscribers of every other one once and in order; a whitelist
+series is fed by exactly one server, and another one takes it over when that one is killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Iterator
+
+import pytest
+
+from tests.fakes.postgres import drop_schema, new_schema_name, reachable_dsn
+from tests.integration.conftest import aligned_past, candle
+from tests.integration.test_feed import Watcher, feed_env
+from tests.integration.test_server import connect, receive_times, subscribe
+
+pytestmark = [pytest.mark.integration, pytest.mark.postgres]
+
+CLOSED = "/api/market/ingest/candle_closed"
+BATCH = "/api/market/ingest/candles_closed_batch"
+
+
+@pytest.fixture
+def cluster_env(tmp_path) -> Iterator[dict[str, str]]:
+    dsn = reachable_dsn()
+    schema = new_schema_name()
+    yield {
+        "TRADE_CANVAS_ENABLE_PG_STORE": "1", "TRADE_CANVAS_POSTGRES_DSN": dsn,
+        "TRADE_CANVAS_POSTGRES_SCHEMA": schema, "TRADE_CANVAS_CLUSTER": "1",
+        "TRADE_CANVAS_POSTGRES_POOL_MAX_SIZE": "4", "TRADE_CANVAS_CLUSTER_RESYNC_S": "1",
+    }
+    drop_schema(dsn, schema)
+
+
+def wait_for(check, timeout: float = 15.0, step: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(step)
+
+
+def test_writes_on_one_server_reach_subscribers_of_the_others(start_server, cluster_env) -> None:
+    servers = [start_server(**cluster_env) for _ in range(3)]
+    view = wait_for(lambda: (lambda v: v if sum(n["alive"] for n in v["nodes"]) == 3 else None)(
+        servers[0].get("/api/runtime/cluster")[1]))
+    assert len({n["node_id"] for n in view["nodes"]}) == 3
+    series = "binance:spot:CLU/USDT:1m"
+    base = aligned_past(400)
+    writer, readers = servers[0], servers[1:]
+    sockets = []
+    for server in readers:
+        ws = connect(server)
+        subscribe(ws, series=series, batch=True)
+        sockets.append(ws)
+    time.sleep(1.0)  # the subscriptions are registered before the first write
+    for i in range(30):
+        status, _ = writer.post(CLOSED, {"series_id": series, "candle": candle(base + 60 * i)})
+        assert status == 200
+    status, _ = writer.post(BATCH, {"series_id": series,
+                                    "candles": [candle(base + 60 * i) for i in range(30, 330)]})
+    assert status == 200
+    expected = [base + 60 * i for i in range(330)]
+    for ws in sockets:
+        assert receive_times(ws, 330, timeout=20) == expected
+        ws.settimeout(1.5)  # nothing more: no candle twice
+        with pytest.raises(Exception):
+            while True:
+                msg = json.loads(ws.recv())
+                assert msg["type"] not in ("candle_closed", "candles_batch"), msg
+        ws.close()
+    for server in readers:  # the read cache of the other processes is not stale
+        body = server.get(f"/api/market/candles?series_id={series}&limit=5")[1]
+        assert body["candles"][-1]["candle_time"] == expected[-1]
+    heads = {s["series_id"]: s for s in servers[2].get("/api/runtime/cluster")[1]["series"]}
+    assert heads.get(series) is None or heads[series]["seq"] >= 31  # owner rows: fed series only
+    assert servers[1].get("/api/ready")[0] == 200
+
+
+def test_one_feed_per_series_and_takeover_after_kill_9(
+    start_server, start_replay, cluster_env, tmp_path
+) -> None:
+    exchange = start_replay("--speed", "120")
+    btc = "binance:spot:BTC/USDT:1m"
+    whitelist = tmp_path / "pinned.json"
+    whitelist.write_text(json.dumps({"series_ids": [btc]}))
+    env = {**feed_env(exchange), **cluster_env, "TRADE_CANVAS_ENABLE_WHITELIST_INGEST": "1",
+           "TRADE_CANVAS_WHITELIST_PATH": str(whitelist)}
+    servers = [start_server(**env) for _ in range(2)]
+
+    def owner(server=servers[0]) -> tuple[str, int] | None:
+        for s in server.get("/api/runtime/cluster")[1]["series"]:
+            if s["series_id"] == btc and s["owner"] and s["expires_in_s"] > 0:
+                return s["owner"], s["epoch"]
+        return None
+
+    def feeds(server) -> list[str]:
+        actors = server.get("/api/runtime/actors")[1]["actors"]
+        return [a["series_id"] for a in actors if a["kind"] == "feed"]
+
+    node, epoch = wait_for(owner)
+    owners = [s for s in servers if s.get("/api/runtime/cluster")[1]["this_node"]["node_id"] == node]
+    assert len(owners) == 1
+    first = owners[0]
+    other = next(s for s in servers if s is not first)
+    assert feeds(first) == [btc] and feeds(other) == []  # one upstream subscription
+    watcher = Watcher(other, btc)
+    watcher.wait_live(300 + 4, timeout=40)  # the owner's tail fill, then live candles
+    os.killpg(first.proc.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    first.proc.wait()
+    new_node, new_epoch = wait_for(lambda: (lambda o: o if o and o[0] != node else None)(owner(other)),
+                                   timeout=10, step=0.05)
+    took = time.monotonic() - killed_at
+    assert new_epoch == epoch + 1 and took < 4.0, took
+    assert wait_for(lambda: feeds(other) == [btc], timeout=5)
+    watcher.wait_live(6, timeout=30)  # the REST tail fill covers the minutes nobody fed
+    times = list(watcher.times)
+    assert times == sorted(set(times)), "a candle twice or out of order"
+    assert times == list(range(times[0], times[-1] + 60, 60)), "a hole"
+    watcher.close()

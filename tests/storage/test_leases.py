@@ -1,0 +1,105 @@
+"""Series leases on the test Postgres: claim, fair share, renew, release, reap, epochs."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Iterator
+
+import psycopg
+import pytest
+
+from tests.fakes.postgres import drop_schema, new_schema_name, reachable_dsn
+from trade_canvas.candles import Candle
+from trade_canvas.storage.leases import Node, PostgresLeases
+from trade_canvas.storage.postgres import PostgresCandleStore
+
+pytestmark = pytest.mark.postgres
+
+TICK, TTL = 0.2, 1.0
+SERIES = [f"binance:spot:S{i}/USDT:1m" for i in range(6)]
+
+
+@pytest.fixture
+def schema() -> Iterator[tuple[str, str]]:
+    dsn = reachable_dsn()
+    name = new_schema_name()
+    store = PostgresCandleStore(dsn, schema=name, pool_min_size=0, pool_max_size=2)
+    store.close()  # migrated
+    yield dsn, name
+    drop_schema(dsn, name)
+
+
+def node(schema: tuple[str, str], name: str) -> PostgresLeases:
+    dsn, schema_name = schema
+    return PostgresLeases(dsn, schema_name, Node(f"{name}-{os.getpid()}", name, os.getpid()),
+                          tick_s=TICK, ttl_s=TTL)
+
+
+def test_claims_spread_by_fair_share_and_epochs_grow(schema) -> None:
+    a, b = node(schema, "a"), node(schema, "b")
+    first = a.tick(SERIES)
+    assert set(first.owned) == set(SERIES) and first.alive == 1  # alone: everything
+    assert set(first.owned.values()) == {1}
+    assert b.tick(SERIES).owned == {}  # nothing free
+    released = a.tick(SERIES[:3])  # a wants less: the rest is free at once
+    assert set(released.released) == set(SERIES[3:]) and set(released.owned) == set(SERIES[:3])
+    taken = b.tick(SERIES)
+    assert set(taken.owned) == set(SERIES[3:]) and set(taken.owned.values()) == {2}
+    assert a.tick(SERIES).owned.keys() == set(SERIES[:3])  # renewed, nothing stolen
+    view = a.view()
+    assert {n["name"] for n in view["nodes"] if n["alive"]} == {"a", "b"}
+    owners = {s["series_id"]: s["owner"] for s in view["series"]}
+    assert owners[SERIES[0]] == a.node.node_id and owners[SERIES[5]] == b.node.node_id
+    a.close(), b.close()
+
+
+def test_killed_node_is_reaped_fast_and_a_frozen_one_after_ttl(schema) -> None:
+    a, b = node(schema, "a"), node(schema, "b")
+    a.tick(SERIES)
+    b.tick(SERIES)
+    a.close()  # like kill -9: its control session is gone from pg_stat_activity
+    time.sleep(TICK * 1.5)
+    start = time.monotonic()
+    while not b.tick(SERIES).owned:
+        assert time.monotonic() - start < TTL / 2, "not reaped before the TTL"
+        time.sleep(TICK)
+    assert set(b.tick(SERIES).owned) == set(SERIES)
+    assert set(b.tick(SERIES).owned.values()) == {2}
+    # A node that stops ticking but keeps its session (frozen): its leases expire at the TTL.
+    c = node(schema, "c")
+    b.leave()
+    c.tick(SERIES)
+    frozen = c._connection()  # session alive, no more ticks
+    start = time.monotonic()
+    while not b.tick(SERIES).owned:
+        time.sleep(TICK / 2)
+    waited = time.monotonic() - start
+    assert TTL * 0.8 <= waited <= TTL + 3 * TICK, waited
+    assert not frozen.closed
+    b.close(), c.close()
+
+
+def test_renew_after_expiry_keeps_the_epoch_when_nobody_claimed(schema) -> None:
+    a = node(schema, "a")
+    assert a.tick(SERIES[:1]).owned == {SERIES[0]: 1}
+    time.sleep(TTL + 0.1)
+    assert a.tick(SERIES[:1]).owned == {SERIES[0]: 1}
+    a.close()
+
+
+def test_sequenced_writes_number_each_commit(schema) -> None:
+    dsn, name = schema
+    store = PostgresCandleStore(dsn, schema=name, pool_min_size=0, pool_max_size=2,
+                                sequenced=True)
+    sid = SERIES[0]
+    assert store.upsert_candles(sid, [Candle(60, 1, 2, 0.5, 1.5, 3)]) == 1
+    rows = [Candle(60 * i, 1, 2, 0.5, 1.5, 3) for i in range(2, 100)]
+    assert store.upsert_candles(sid, rows) == 2  # the COPY path too
+    assert store.read_heads([sid, SERIES[1]]) == {sid: (2, 60 * 99)}
+    store.close()
+    plain = PostgresCandleStore(dsn, schema=name, pool_min_size=0, pool_max_size=2)
+    assert plain.upsert_candles(sid, rows[:1]) is None
+    plain.close()
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute(f"SELECT seq FROM {name}.series_heads").fetchone()[0] == 2

@@ -1,0 +1,278 @@
+"""Cluster mode's two process-wide actors: the lease keeper and the fan-out of others' writes.
+
+``LeaseActor`` runs one lease tick per ``Tick`` (heartbeat, release, renew, reap, claim; see
+``storage/leases.py``) for the series the supervisor wants, and tells the supervisor which ones
+this process owns; the supervisor runs feeds for those only. When no tick commits for
+``ttl - tick`` seconds the process fences itself: ownership drops to nothing, feeds stop. The
+runtime's watchdog checks the same deadline while a tick hangs. On a graceful stop the actor
+gives every lease up at once and notifies the others, who claim on the hint.
+
+``FanoutActor`` follows the writes other processes make: the listener hands it every
+notification (``HintReceived``); for each series with local actors, a ``SeqFollower`` says
+whether the hint is the next write (deliver its candles to the series' hub), a duplicate (drop)
+or a jump (read the store from the delivered position: "resync"). A periodic ``CheckHeads``
+compares the sequence numbers in ``series_heads`` with what was delivered, so a lost hint costs
+at most ``CLUSTER_RESYNC_S``. The hub's per-subscriber cursor drops anything already sent, so
+a candle is pushed once, in order, whichever process wrote it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Mapping
+
+import pykka
+
+from trade_canvas.actors.child import ChildLink, report_failure
+from trade_canvas.actors.messages import (
+    CandlesStored,
+    CheckHeads,
+    Crash,
+    HintReceived,
+    LeasesChanged,
+    ListenerConnected,
+    Tick,
+    WantLeases,
+)
+from trade_canvas.actors.store import tell
+from trade_canvas.cluster import Hint, LeaseKeeper, SeqFollower, Step
+from trade_canvas.errors import TradeCanvasError, Unavailable
+from trade_canvas.storage.leases import PostgresLeases
+
+logger = logging.getLogger(__name__)
+
+
+class LeaseActor(pykka.ThreadingActor):
+    """Holds this process's series leases; tells the supervisor what it owns."""
+
+    def __init__(
+        self,
+        leases: PostgresLeases,
+        keeper: LeaseKeeper,
+        link: ChildLink,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.leases = leases
+        self.keeper = keeper
+        self.link = link
+        self.clock = clock
+        self.wanted: frozenset[str] = frozenset()
+        self.owned: dict[str, int] = {}  # series -> epoch
+        self.told: frozenset[str] | None = None
+        self.alive = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        link.record.extra = self._status
+
+    def _status(self) -> dict[str, Any]:
+        return {"node_id": self.leases.node.node_id, "owned": len(self.owned),
+                "wanted": len(self.wanted), "alive_nodes": self.alive,
+                "fenced": self.keeper.fenced, "fenced_at": self.keeper.fenced_at,
+                "renew_age_s": round(self.clock() - self.keeper.renewed_at, 3),
+                "tick_errors": self.errors, "last_tick_error": self.last_error}
+
+    def on_start(self) -> None:
+        self.link.started()
+
+    def on_stop(self) -> None:
+        # Graceful stop: the others claim on the release hint instead of waiting for the TTL.
+        try:
+            released = self.leases.leave()
+            logger.info("cluster node %s left; released %d series", self.leases.node.name,
+                        len(released))
+        except Unavailable as exc:
+            logger.warning("cluster node %s could not release its leases: %s",
+                           self.leases.node.name, exc)
+        self.leases.close()
+
+    on_failure = report_failure
+
+    def on_receive(self, message: Any) -> Any:
+        self.link.handled()
+        match message:
+            case Tick():
+                return self._tick()
+            case WantLeases():
+                self.wanted = message.series_ids
+                return None
+            case Crash():
+                raise RuntimeError(f"crash requested: {message.reason}")
+        return None
+
+    def _tick(self) -> None:
+        sent = self.clock()
+        try:
+            result = self.leases.tick(sorted(self.wanted))
+        except Unavailable as exc:
+            self.errors += 1
+            if self.last_error is None:
+                logger.warning("cluster lease tick failed: %s", exc)
+            self.last_error = str(exc)
+            self.fence_if_due()
+            return
+        if self.last_error is not None:
+            logger.info("cluster lease ticks commit again")
+        self.last_error = None
+        lifted = self.keeper.renewed(sent)
+        self.alive = result.alive
+        if self.fence_if_due():
+            return  # the tick took so long that its renewal is already too old
+        self.owned = result.owned
+        owned = frozenset(result.owned)
+        if lifted:
+            logger.warning("cluster node %s renews its leases again after fencing",
+                           self.leases.node.name)
+        if result.claimed:
+            logger.info("claimed %d series: %s", len(result.claimed), ", ".join(
+                f"{sid} (epoch {result.owned[sid]})" for sid in result.claimed[:10]))
+        if owned != self.told or lifted:
+            self.told = owned
+            tell(self.link.supervisor, LeasesChanged(owned))
+
+    def fence_if_due(self) -> bool:
+        """Drop all ownership when the renewal deadline passed (once per lapse)."""
+        if not self.keeper.fence_due(self.clock()):
+            return self.keeper.fenced
+        fence(self.link.supervisor, self.leases.node.name)
+        self.told = frozenset()
+        self.owned = {}
+        return True
+
+
+def fence(supervisor: pykka.ActorRef[Any] | None, name: str) -> None:
+    """Stop every feed of this process: its leases may be claimed by others from now on."""
+    logger.error("cluster node %s fenced itself: no lease renewal committed in time; its feeds "
+                 "stop until a renewal commits", name)
+    tell(supervisor, LeasesChanged(frozenset()))
+
+
+class FanoutActor(pykka.ThreadingActor):
+    """Delivers the writes of every process to this process's hubs, once and in order."""
+
+    def __init__(
+        self,
+        store: Any,  # PostgresCandleStore (sequenced): read_heads, read_since, read_tail
+        groups: Mapping[str, Any],  # the supervisor's series groups (read only)
+        link: ChildLink,
+        *,
+        catchup_limit: int,
+        on_written: Callable[[str], None] | None = None,
+        on_released: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.store = store
+        self.groups = groups
+        self.link = link
+        self.catchup_limit = catchup_limit
+        self.on_written = on_written
+        self.on_released = on_released
+        self.followers: dict[str, SeqFollower] = {}
+        self.cursors: dict[str, int | None] = {}  # newest candle time delivered per series
+        self.counters = {"hints": 0, "delivered": 0, "duplicates": 0, "resyncs": 0,
+                         "behind_found": 0, "resync_errors": 0, "listener_connects": 0}
+        link.record.extra = lambda: {"followed": len(self.followers), **self.counters}
+
+    def on_start(self) -> None:
+        self.link.started()
+
+    on_failure = report_failure
+
+    def on_receive(self, message: Any) -> Any:
+        self.link.handled()
+        match message:
+            case HintReceived():
+                return self._hint(message.hint)
+            case CheckHeads():
+                return self._check_heads()
+            case ListenerConnected():
+                self.counters["listener_connects"] += 1
+                return self._check_heads(everything=True)
+            case Crash():
+                raise RuntimeError(f"crash requested: {message.reason}")
+        return None
+
+    def _hint(self, hint: Hint) -> None:
+        self.counters["hints"] += 1
+        if hint.kind == "r":
+            if self.on_released is not None:
+                self.on_released()  # claim now rather than at the next tick
+            return
+        if self.on_written is not None:
+            self.on_written(hint.series_id)  # the read cache must not serve the old tail
+        if hint.series_id not in self.groups:
+            self.followers.pop(hint.series_id, None)  # nobody here: catch-up reads the store
+            return
+        follower = self._follower(hint.series_id)
+        step = follower.step(hint.seq, hint.candles is not None, publish=hint.kind == "c")
+        if step is Step.DROP:
+            self.counters["duplicates"] += 1
+        elif step is Step.DELIVER and hint.candles is not None:
+            self._deliver(hint.series_id, hint.candles)
+        elif step is Step.RESYNC:
+            self._resync(hint.series_id, hint.seq)
+
+    def _follower(self, series_id: str) -> SeqFollower:
+        follower = self.followers.get(series_id)
+        if follower is None:
+            follower = self.followers[series_id] = SeqFollower()
+            self.cursors.setdefault(series_id, None)
+        return follower
+
+    def _deliver(self, series_id: str, candles: Any) -> None:
+        cursor = self.cursors.get(series_id)
+        fresh = tuple(c for c in candles if cursor is None or c.candle_time > cursor)
+        if not fresh:
+            return
+        self.cursors[series_id] = fresh[-1].candle_time
+        group = self.groups.get(series_id)
+        if group is not None and tell(group.ref("hub"), CandlesStored(fresh, time.monotonic())):
+            self.counters["delivered"] += len(fresh)
+
+    def _resync(self, series_id: str, seq: int | None = None) -> None:
+        """Read the store after the delivered position, deliver, and mark ``seq`` delivered."""
+        follower = self._follower(series_id)
+        try:
+            if seq is None:
+                head = self.store.read_heads([series_id]).get(series_id)
+                seq = head[0] if head is not None else 0
+            cursor = self.cursors.get(series_id)
+            while True:
+                if cursor is None:
+                    candles = self.store.read_tail(series_id, self.catchup_limit)
+                else:
+                    candles = self.store.read_since(series_id, cursor, self.catchup_limit)
+                self._deliver(series_id, candles)
+                cursor = self.cursors.get(series_id)
+                if len(candles) < self.catchup_limit:
+                    break
+        except TradeCanvasError as exc:
+            # The next CheckHeads tries again; the follower has not moved.
+            self.counters["resync_errors"] += 1
+            logger.warning("fan-out of %s: resync failed: %s", series_id, exc)
+            return
+        self.counters["resyncs"] += 1
+        follower.resynced(seq)
+
+    def _check_heads(self, everything: bool = False) -> None:
+        local = [sid for sid in self.groups if sid in self.followers or everything]
+        for gone in [sid for sid in self.followers if sid not in self.groups]:
+            del self.followers[gone]
+        local += [sid for sid in self.groups if sid not in self.followers]
+        if not local:
+            return
+        try:
+            heads = self.store.read_heads(sorted(set(local)))
+        except TradeCanvasError as exc:
+            logger.warning("fan-out position check failed: %s", exc)
+            return
+        for series_id in sorted(set(local)):
+            head = heads.get(series_id)
+            follower = self._follower(series_id)
+            if head is None:
+                follower.resynced(0)  # never written in cluster mode: nothing to miss yet
+                continue
+            if everything or follower.behind(head[0]):
+                self.counters["behind_found"] += 1
+                self._resync(series_id, head[0])

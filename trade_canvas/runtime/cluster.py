@@ -1,0 +1,159 @@
+"""Cluster mode's wiring: node identity, lease and fan-out actors, notifier, listener, watchdog.
+
+Started by ``runtime/system.py`` only in cluster mode (Postgres with TRADE_CANVAS_CLUSTER=1 or
+TRADE_CANVAS_WORKERS>1); the single-process path never imports the machinery below.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pykka
+
+from trade_canvas.actors.cluster import FanoutActor, LeaseActor, fence
+from trade_canvas.actors.messages import CheckHeads, HintReceived, ListenerConnected, StartGlobal, Tick
+from trade_canvas.actors.store import tell
+from trade_canvas.cluster import Hint, LeaseKeeper
+from trade_canvas.config import Settings
+from trade_canvas.errors import Unavailable
+from trade_canvas.storage.broker import Listener, Notifier
+from trade_canvas.storage.leases import Node, PostgresLeases, channel_name
+
+logger = logging.getLogger(__name__)
+
+
+def make_node(settings: Settings) -> Node:
+    """Return this process's identity: a fresh id per boot, and the operator's name for it."""
+    pid = os.getpid()
+    name = settings.cluster_node_name or f"{socket.gethostname()}:{pid}"
+    if settings.cluster_node_name and settings.workers > 1:
+        name = f"{name}:{pid}"  # workers of one server share the setting
+    return Node(f"{name}:{secrets.token_hex(3)}", name, pid)
+
+
+@dataclass
+class Cluster:
+    """What the runtime facade needs of cluster mode; ``stop`` ends the threads."""
+
+    settings: Settings
+    node: Node
+    keeper: LeaseKeeper
+    notifier: Notifier
+    view_leases: PostgresLeases  # its own connection: HTTP views never share the tick's
+    listener: Listener | None = None
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def check_ready(self) -> None:
+        """Raise Unavailable while fenced or while the listener is down for too long."""
+        if self.keeper.fenced:
+            raise Unavailable("cluster: fenced (no lease renewal committed in time)")
+        listener = self.listener
+        if listener is not None and not listener.connected and listener.down_since is not None:
+            down = time.monotonic() - listener.down_since
+            if down > self.settings.cluster_resync_s:
+                raise Unavailable(f"cluster: notification listener down for {down:.1f}s")
+
+    def local_view(self) -> dict[str, Any]:
+        """Return this process's side: node, fencing, listener and notifier counters."""
+        listener = self.listener
+        return {
+            "node_id": self.node.node_id, "name": self.node.name, "pid": self.node.pid,
+            "fenced": self.keeper.fenced, "fenced_at": self.keeper.fenced_at,
+            "renew_age_s": round(time.monotonic() - self.keeper.renewed_at, 3),
+            "listener": None if listener is None else {
+                "connected": listener.connected, "last_error": listener.last_error,
+                **listener.counters},
+            "notifier": dict(self.notifier.counters),
+        }
+
+    def stop(self) -> None:
+        """Stop the watchdog and the listener (the actors stop with the supervisor)."""
+        self.stopping.set()
+        if self.listener is not None:
+            self.listener.stop()
+
+    def close(self) -> None:
+        """Send the last hints and close the connections (after the actors stopped)."""
+        self.notifier.stop()
+        self.view_leases.close()
+
+
+def open_cluster(settings: Settings) -> Cluster:
+    """Build the node and its notifier before the actors that hint through it exist."""
+    node = make_node(settings)
+    channel = channel_name(settings.postgres_schema)
+    notifier = Notifier(settings.postgres_dsn, channel, node.node_id,
+                        connect_timeout_s=settings.postgres_connect_timeout_s)
+    notifier.start()
+    view = PostgresLeases(settings.postgres_dsn, settings.postgres_schema, node,
+                          tick_s=settings.cluster_tick_s, ttl_s=settings.cluster_lease_ttl_s)
+    keeper = LeaseKeeper(settings.cluster_lease_ttl_s, settings.cluster_tick_s, time.monotonic())
+    logger.info("cluster mode: node %s (%s) on channel %s", node.name, node.node_id, channel)
+    return Cluster(settings, node, keeper, notifier, view)
+
+
+def start_cluster(
+    cluster: Cluster,
+    supervisor: pykka.ActorRef[Any],
+    globals_group: Any,
+    groups: dict[str, Any],
+    store: Any,
+    on_written: Callable[[str], None],
+) -> None:
+    """Start the lease and fan-out actors under the supervisor, the listener and the watchdog."""
+    settings = cluster.settings
+    leases = PostgresLeases(settings.postgres_dsn, settings.postgres_schema, cluster.node,
+                            tick_s=settings.cluster_tick_s, ttl_s=settings.cluster_lease_ttl_s)
+    supervisor.tell(StartGlobal("leases", lambda link: LeaseActor.start(
+        leases, cluster.keeper, link)))
+
+    def claim_now() -> None:
+        tell(globals_group.ref("leases"), Tick(time.monotonic()))
+
+    supervisor.tell(StartGlobal("fanout", lambda link: FanoutActor.start(
+        store, groups, link, catchup_limit=settings.market_ws_catchup_limit,
+        on_written=on_written, on_released=claim_now)))
+
+    def to_fanout(message: Any) -> None:
+        tell(globals_group.ref("fanout"), message)
+
+    node_id = cluster.node.node_id
+    cluster.listener = Listener(
+        settings.postgres_dsn, channel_name(settings.postgres_schema), node_id,
+        on_hint=lambda hint: to_fanout(HintReceived(hint)),
+        on_connected=lambda: to_fanout(ListenerConnected()),
+        ping=lambda: cluster.notifier.send(Hint("p", "", 0, None, node_id)),
+        ping_every_s=settings.cluster_resync_s,
+        connect_timeout_s=settings.postgres_connect_timeout_s,
+    )
+    cluster.listener.start()
+    _start_watchdog(cluster, supervisor, globals_group)
+
+
+def _start_watchdog(cluster: Cluster, supervisor: pykka.ActorRef[Any], globals_group: Any) -> None:
+    settings = cluster.settings
+    # Checked far more often than a tick: fencing must happen before the lease can expire,
+    # even while a tick hangs inside the lease actor.
+    step = min(0.05, settings.cluster_tick_s / 4)
+
+    def run() -> None:
+        next_tick = next_check = time.monotonic()
+        while not cluster.stopping.wait(step):
+            now = time.monotonic()
+            if cluster.keeper.fence_due(now):
+                fence(supervisor, cluster.node.name)
+            if now >= next_tick:
+                next_tick = now + settings.cluster_tick_s
+                tell(globals_group.ref("leases"), Tick(now))
+            if now >= next_check:
+                next_check = now + settings.cluster_resync_s
+                tell(globals_group.ref("fanout"), CheckHeads())
+
+    threading.Thread(target=run, name="cluster-watchdog", daemon=True).start()
