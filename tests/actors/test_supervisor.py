@@ -7,8 +7,10 @@ import pykka
 import pytest
 
 from trade_canvas.actors.child import ChildLink, ChildState, StatusBoard
-from trade_canvas.actors.messages import Crash, EnsureSeries, Tick
+from trade_canvas.actors.messages import AcquireFeed, Crash, EnsureSeries, Tick
 from trade_canvas.actors.supervisor import Supervisor
+from trade_canvas.errors import CapacityExceeded
+from trade_canvas.lifecycle import FeedDemand
 from trade_canvas.series import parse_series_id
 
 A = parse_series_id("binance:spot:A/USDT:1m")
@@ -114,3 +116,62 @@ def test_failed_on_start_is_noticed_and_retried(supervisor) -> None:
     Echo.fail_start = False
     wait_for(lambda: (tick(ref), record.state is ChildState.RUNNING)[1])
     assert record.last_error == "actor stopped unexpectedly"
+
+
+C = parse_series_id("binance:spot:C/USDT:1m")
+D = parse_series_id("binance:spot:D/USDT:1m")
+
+
+def test_idle_groups_are_reaped_and_groups_in_use_kept() -> None:
+    """Issue 13: series groups were never stopped (30k actors after 10k series)."""
+    groups: dict = {}
+    baseline = len(pykka.ActorRegistry.get_all())
+    ref = Supervisor.start(blueprint, StatusBoard(), groups, series_idle_ttl_s=1.0)
+    a = ref.ask(EnsureSeries(A), timeout=5)
+    b = ref.ask(EnsureSeries(B), timeout=5)
+    a.in_use = lambda: True  # e.g. its hub has a subscriber
+    b_actor = b.children["echo"].ref
+    now = time.monotonic()
+    ref.ask(Tick(now + 0.5), timeout=5)
+    assert set(groups) == {A.text, B.text}
+    ref.ask(Tick(now + 1.5), timeout=5)
+    assert set(groups) == {A.text} and not b_actor.is_alive()
+    a.in_use = lambda: False  # the idle time counts from the last tick that saw it in use
+    ref.ask(Tick(now + 2.0), timeout=5)
+    assert set(groups) == {A.text}
+    ref.ask(Tick(now + 3.0), timeout=5)
+    assert groups == {}
+    assert len(pykka.ActorRegistry.get_all()) == baseline + 1  # the supervisor only
+    assert ref.ask(EnsureSeries(B), timeout=5) is groups[B.text]  # started again on next use
+    ref.stop()
+
+
+def test_at_the_cap_an_idle_group_makes_room_and_busy_ones_refuse() -> None:
+    groups: dict = {}
+    ref = Supervisor.start(blueprint, StatusBoard(), groups, max_series=2)
+    a = ref.ask(EnsureSeries(A), timeout=5)
+    ref.ask(EnsureSeries(B), timeout=5)
+    a.in_use = lambda: True
+    c = ref.ask(EnsureSeries(C), timeout=5)  # B was idle: evicted
+    assert set(groups) == {A.text, C.text}
+    c.in_use = lambda: True
+    with pytest.raises(CapacityExceeded, match="series_capacity"):
+        ref.ask(EnsureSeries(D), timeout=5)
+    assert set(groups) == {A.text, C.text}
+    ref.stop()
+
+
+def test_a_refused_feed_starts_no_group() -> None:
+    """Issue 13: each subscribe refused for feed capacity still left three actors behind."""
+    groups: dict = {}
+    ref = Supervisor.start(
+        blueprint, StatusBoard(), groups, demand=FeedDemand(1),
+        feed_blueprint=lambda series, group, job: (lambda link: Echo.start(link)),
+    )
+    assert ref.ask(AcquireFeed(A), timeout=5) is True
+    count = len(pykka.ActorRegistry.get_all())
+    for _ in range(3):
+        with pytest.raises(CapacityExceeded):
+            ref.ask(AcquireFeed(B), timeout=5)
+    assert set(groups) == {A.text} and len(pykka.ActorRegistry.get_all()) == count
+    ref.stop()

@@ -43,7 +43,16 @@ def test_actor_status_lists_every_actor(client) -> None:
 
 def test_crash_is_restarted_and_reported(make_client) -> None:
     client = make_client(TRADE_CANVAS_ENABLE_DEBUG_API="1")
-    result = client.simulate_post("/api/runtime/debug/crash", json={"series_id": S, "kind": "store"})
+    crash = {"series_id": S, "kind": "store"}
+    missing = client.simulate_post("/api/runtime/debug/crash", json=crash)
+    assert missing.status_code == 404  # a series that is not running is not started to crash it
+    assert client.simulate_get("/api/runtime/actors").json["series_count"] == 0
+    client.simulate_post(
+        "/api/market/ingest/candle_closed",
+        json={"series_id": S, "candle": {"candle_time": NOW - NOW % 60, "open": 1, "high": 1,
+                                         "low": 1, "close": 1, "volume": 0}},
+    )
+    result = client.simulate_post("/api/runtime/debug/crash", json=crash)
     assert result.status_code == 202
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

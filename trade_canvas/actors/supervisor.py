@@ -5,6 +5,12 @@ raised tells ``ChildFailed`` from its ``on_failure``; a child whose ``on_start``
 tells ``ChildStarted`` and misses its deadline; anything else shows up as ``is_alive()`` turning
 false on a periodic ``Tick``. Restarts back off exponentially (capped) and the backoff resets once
 a child has run stably for a while.
+
+Series groups do not live forever: a group with no subscriber, no feed and no use by the facade
+(a write, a subscribe) for ``series_idle_ttl_s`` is stopped on a tick, and at most
+``max_series`` groups run at once. At the cap, a new series evicts the longest-unused idle group;
+when every group is in use it is refused with ``CapacityExceeded`` and nothing is started. A
+stopped group is started again on next use; its data lives in the store, not in the actors.
 """
 
 from __future__ import annotations
@@ -30,10 +36,13 @@ from trade_canvas.actors.messages import (
     LeasesChanged,
     WantLeases,
 )
+from trade_canvas.errors import CapacityExceeded
 from trade_canvas.lifecycle import FeedDemand, FeedJob
 from trade_canvas.series import SeriesId, parse_series_id
 
 logger = logging.getLogger(__name__)
+
+REAP_PER_TICK = 50  # idle groups stopped per tick: stopping blocks the supervisor briefly
 
 
 class SeriesGroup:
@@ -42,6 +51,9 @@ class SeriesGroup:
     def __init__(self, series: SeriesId | None) -> None:
         self.series = series
         self.children: dict[str, ChildRecord] = {}
+        # Set by whoever uses the group (the runtime facade), read by the supervisor's reaper.
+        self.touched = 0.0  # monotonic time of the last write, subscribe or forming update
+        self.in_use: Callable[[], bool] = lambda: False  # e.g. the hub has subscribers
 
     def ref(self, kind: str) -> pykka.ActorRef[Any] | None:
         """Return the live ref of a child kind, or None while it is down or absent."""
@@ -75,6 +87,8 @@ class Supervisor(pykka.ThreadingActor):
         backoff_max_s: float = 30.0,
         stable_after_s: float = 60.0,
         cluster: bool = False,
+        series_idle_ttl_s: float = 300.0,
+        max_series: int = 0,
     ) -> None:
         super().__init__()
         self.blueprint = blueprint
@@ -96,6 +110,8 @@ class Supervisor(pykka.ThreadingActor):
         # cluster, every wanted feed runs here.
         self.owned: frozenset[str] | None = frozenset() if cluster else None
         self.wanted: frozenset[str] = frozenset()
+        self.series_idle_ttl_s = series_idle_ttl_s
+        self.max_series = max_series
         self.record = ChildRecord(kind="supervisor", series_id=None, start=lambda link: self.actor_ref)
 
     def on_start(self) -> None:
@@ -141,7 +157,9 @@ class Supervisor(pykka.ThreadingActor):
         group = self.groups.get(series.text)
         if group is not None:
             return group
+        self._make_room()
         group = SeriesGroup(series)
+        group.touched = self.clock()
         for kind, start in self.blueprint(series, group).items():
             self._add_child(group, kind, start)
         # Published only once every child has a ref: the facade reads this dict without asking,
@@ -172,10 +190,13 @@ class Supervisor(pykka.ThreadingActor):
         self.board.remove(record)
 
     def _acquire(self, series: SeriesId) -> bool:
-        group = self._ensure(series)
+        # Both limits are checked before anything starts: a refused subscribe creates nothing.
+        if series.text not in self.groups:
+            self._make_room()
         outcome = self.demand.acquire(series.text, self.wall())
         for victim in outcome.evict:
             self._stop_feed(victim, "evicted for a new on-demand feed")
+        group = self._ensure(series)
         if outcome.start:
             self._start_feed(group, self.demand.jobs[series.text])
         self._want()
@@ -292,6 +313,7 @@ class Supervisor(pykka.ThreadingActor):
         for series_id in self.demand.expired(self.wall(), self.idle_ttl_s):
             self._stop_feed(series_id, f"idle for {self.idle_ttl_s:g}s")
         self._want(every_tick=True)
+        self._reap(now)
         for group in [self.globals, *self.groups.values()]:
             for record in list(group.children.values()):
                 self._check(record, now)
@@ -308,10 +330,38 @@ class Supervisor(pykka.ThreadingActor):
                 instruments.ACTOR_RESTARTS.labels(record.kind.split(":")[0]).inc()
                 self._start_child(record)
 
-    def _stop_series(self, series_id: str) -> None:
+    def _idle(self, group: SeriesGroup) -> bool:
+        return "feed" not in group.children and not group.in_use()
+
+    def _reap(self, now: float) -> None:
+        reaped = 0
+        for series_id, group in list(self.groups.items()):
+            if not self._idle(group):
+                group.touched = max(group.touched, now)  # the idle time counts from here
+            elif now - group.touched >= self.series_idle_ttl_s and reaped < REAP_PER_TICK:
+                self._stop_series(series_id, f"idle for {self.series_idle_ttl_s:g}s")
+                reaped += 1
+
+    def _make_room(self) -> None:
+        """Stop the longest-unused idle group if the cap is reached.
+
+        Raises:
+            CapacityExceeded: every one of the ``max_series`` groups is in use.
+        """
+        if not self.max_series or len(self.groups) < self.max_series:
+            return
+        idle = [(g.touched, sid) for sid, g in self.groups.items() if self._idle(g)]
+        if not idle:
+            raise CapacityExceeded(
+                f"series_capacity: {self.max_series} series are in use "
+                "(TRADE_CANVAS_MAX_SERIES); retry later"
+            )
+        self._stop_series(min(idle)[1], "evicted for a new series")
+
+    def _stop_series(self, series_id: str, why: str = "") -> None:
         group = self.groups.pop(series_id, None)
         if group is None:
             return
         for kind in reversed(list(group.children)):
             self._remove_child(group, kind)
-        logger.info("series %s stopped", series_id)
+        logger.info("series %s stopped%s", series_id, f": {why}" if why else "")

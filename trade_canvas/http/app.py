@@ -9,7 +9,8 @@ from typing import Any, Callable, Iterable
 import falcon
 
 from trade_canvas.http import (
-    backtest, debug, errors, factor, frame, market, metrics, ops, replay, status, top_markets,
+    backtest, debug, errors, factor, frame, market, metrics, openapi, ops, replay, status,
+    top_markets,
 )
 from trade_canvas.http.access import Access, AccessMiddleware
 from trade_canvas.http.cors import Cors
@@ -47,6 +48,7 @@ def create_app(runtime: Runtime) -> falcon.App:
     page = ops.StatusPage()
     app.add_route("/", page)
     app.add_route("/ops", page)
+    app.add_route("/api/openapi.json", openapi.OpenApi(settings))
     app.add_route("/api/market/candles", market.Candles(runtime))
     app.add_route("/api/market/whitelist", market.Whitelist(runtime))
     app.add_route("/api/market/top_markets", top_markets.TopMarkets(runtime))

@@ -44,7 +44,9 @@ from trade_canvas.candles import Candle, dedupe_sorted
 from trade_canvas.config import (
     Settings, cluster_mode, load_settings, load_whitelist, unknown_names,
 )
-from trade_canvas.errors import ConfigError, InvalidInput, TradeCanvasError, Unavailable
+from trade_canvas.errors import (
+    ConfigError, InvalidInput, NotFound, TradeCanvasError, Unavailable,
+)
 from trade_canvas.exchanges import binance
 from trade_canvas.lifecycle import FeedDemand, FeedJob
 from trade_canvas.runtime import factor_reads, frames, market_health
@@ -58,6 +60,7 @@ from trade_canvas.runtime.replay_packages import ReplayPackages, start_replay_pa
 from trade_canvas.runtime.top_markets import TopMarkets, start_top_markets
 from trade_canvas.series import SeriesId, parse_series_id
 from trade_canvas.storage import CandleStore
+from trade_canvas.storage.lockfile import LockFile, hold_lock
 from trade_canvas.storage.lockfile import LockFile, hold_lock
 
 logger = logging.getLogger(__name__)
@@ -93,14 +96,19 @@ class Runtime:
     # -- candles
 
     def group(self, series: SeriesId) -> SeriesGroup:
-        """Return the series' actor group, starting it on first use."""
+        """Return the series' actor group, starting it on first use (and marking it used).
+
+        Raises:
+            CapacityExceeded: ``TRADE_CANVAS_MAX_SERIES`` groups run and all are in use.
+        """
         group = self.groups.get(series.text)
-        if group is not None:
-            return group
-        try:
-            return self.supervisor.ask(EnsureSeries(series), timeout=ASK_TIMEOUT_S)
-        except (pykka.Timeout, pykka.ActorDeadError) as exc:
-            raise Unavailable(f"supervisor did not answer: {exc}") from exc
+        if group is None:
+            try:
+                group = self.supervisor.ask(EnsureSeries(series), timeout=ASK_TIMEOUT_S)
+            except (pykka.Timeout, pykka.ActorDeadError) as exc:
+                raise Unavailable(f"supervisor did not answer: {exc}") from exc
+        group.touched = time.monotonic()  # the supervisor's idle reaper reads it
+        return group
 
     def _ref(self, series: SeriesId, kind: str) -> pykka.ActorRef[Any]:
         ref = self.group(series).ref(kind)
@@ -126,8 +134,10 @@ class Runtime:
             raise Unavailable(f"store actor of {series.text} is busy; retry shortly") from exc
 
     def publish_forming(self, series: SeriesId, candle: Candle) -> None:
-        """Show a forming candle to the series' subscribers."""
-        tell(self._ref(series, "hub"), PublishForming(candle))
+        """Show a forming candle to the series' subscribers (a series not running has none)."""
+        group = self.groups.get(series.text)
+        if group is not None:
+            tell(group.ref("hub"), PublishForming(candle))
 
     def candles_json(self, series_id: str, since: int | None, limit: int) -> bytes:
         """Return the encoded candles payload, from the response cache when still current."""
@@ -281,8 +291,17 @@ class Runtime:
     # -- operations
 
     def crash(self, series: SeriesId, kind: str) -> None:
-        """Make one actor of a series fail (debug API)."""
-        ref = self._ref(series, kind)
+        """Make one actor of a series fail (debug API).
+
+        Raises:
+            NotFound: the series has no running actors (nothing is started to crash it).
+        """
+        group = self.groups.get(series.text)
+        ref = group.ref(kind) if group is not None else None
+        if group is None or (ref is None and kind not in group.children):
+            raise NotFound(f"series {series.text} has no running {kind} actor")
+        if ref is None:
+            raise Unavailable(f"{kind} actor of {series.text} is restarting; retry shortly")
         tell(ref, Crash(f"debug request for {kind} of {series.text}"))
 
     def status(self) -> dict[str, Any]:
@@ -400,6 +419,7 @@ def make_blueprint(
 
     def blueprint(series: SeriesId, group: SeriesGroup) -> dict[str, Any]:
         hub_state = HubState()
+        group.in_use = lambda: bool(hub_state.subscriptions)
         factor = factor_options(settings)
         return {
             "hub": lambda link: SubscriberHub.start(
@@ -499,6 +519,8 @@ def boot(settings: Settings, clock: Callable[[], float] = time.time) -> Runtime:
         demand=FeedDemand(settings.ondemand_max_jobs),
         idle_ttl_s=settings.ondemand_idle_ttl_s,
         cluster=cluster is not None,
+        series_idle_ttl_s=settings.series_idle_ttl_s,
+        max_series=settings.max_series,
     )
     runtime = Runtime(
         settings, store, board, supervisor, whitelist, groups, rest, clock=clock,
@@ -535,6 +557,7 @@ def validate_kind(kind: str) -> str:
 
 
 _current: list[Runtime] = []
+_locks: list[LockFile] = []
 _locks: list[LockFile] = []
 
 
