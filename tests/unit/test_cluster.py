@@ -1,0 +1,156 @@
+"""Cluster decisions on a fake clock: lease fencing never overlaps a claim; hint sequences."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from trade_canvas.candles import Candle
+from trade_canvas.cluster import (
+    Hint, LeaseKeeper, SeqFollower, Step, claim_room, decode_hint, encode_hint, fair_share,
+)
+
+TICK, TTL = 0.5, 3.0
+
+
+def test_keeper_fences_once_at_ttl_minus_tick_and_a_renewal_lifts_it() -> None:
+    keeper = LeaseKeeper(TTL, TICK, now=0.0)
+    keeper.renewed(10.0)
+    assert keeper.deadline() == 12.5
+    assert not keeper.fence_due(12.49)
+    assert keeper.fence_due(12.5) and keeper.fenced and keeper.fenced_at == 12.5
+    assert not keeper.fence_due(13.0)  # once per lapse
+    assert keeper.renewed(13.0) and not keeper.fenced
+    assert not keeper.renewed(13.5)
+    keeper.renewed(1.0)  # a late answer never moves the deadline back
+    assert keeper.deadline() == 16.0
+
+
+@pytest.mark.parametrize("wanted, alive, owned, room", [
+    (30, 3, 0, 10), (30, 3, 10, 0), (31, 3, 5, 6), (1, 3, 0, 1), (0, 2, 0, 0), (5, 0, 0, 5),
+])
+def test_fair_share(wanted: int, alive: int, owned: int, room: int) -> None:
+    assert claim_room(wanted, alive, owned) == room
+    assert fair_share(wanted, alive) * max(1, alive) >= wanted
+
+
+class LeaseTable:
+    """The lease rows' rules (storage/leases.py) on a fake clock: renew if still ours, claim if
+    expired, the new expiry counted from when the transaction reached the server."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, tuple[str | None, int, float]] = {}
+
+    def tick(self, node: str, wanted: list[str], at: float) -> dict[str, int]:
+        owned = {}
+        for sid in wanted:
+            holder, epoch, expires = self.rows.get(sid, (None, 0, at))
+            if holder == node:
+                self.rows[sid] = (node, epoch, at + TTL)
+                owned[sid] = epoch
+            elif expires <= at:
+                self.rows[sid] = (node, epoch + 1, at + TTL)
+                owned[sid] = epoch + 1
+        return owned
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_random_freezes_and_failures_never_let_two_nodes_feed_one_series(seed: int) -> None:
+    rng = random.Random(seed)
+    table = LeaseTable()
+    series = [f"s{i}" for i in range(4)]
+    names = ["a", "b", "c"]
+    keepers = {n: LeaseKeeper(TTL, TICK, 0.0) for n in names}
+    believed: dict[str, dict[str, int]] = {n: {} for n in names}
+    frozen_until = {n: 0.0 for n in names}
+    next_tick = {n: rng.uniform(0, TICK) for n in names}
+    step, now = 0.01, 0.0
+    claims = 0
+    while now < 60.0:
+        now = round(now + step, 4)
+        for n in names:
+            if rng.random() < 0.002:
+                frozen_until[n] = now + rng.uniform(0.5, 6.0)  # GC pause, SIGSTOP, partition
+            # The watchdog runs even while a tick hangs (only a frozen process stops it).
+            if now >= frozen_until[n] and keepers[n].fence_due(now):
+                believed[n] = {}
+            if now < frozen_until[n] or now < next_tick[n]:
+                continue
+            next_tick[n] = now + TICK
+            sent = now
+            if rng.random() < 0.15:
+                continue  # the transaction failed: nothing is known
+            arrives = sent + rng.uniform(0.0, 0.3)  # the server's now(), later than the send
+            owned = table.tick(n, series, arrives)
+            answered = arrives + rng.uniform(0.0, 0.3)
+            keepers[n].renewed(sent)
+            if answered >= keepers[n].deadline():
+                keepers[n].fence_due(answered)
+                believed[n] = {}
+                continue
+            claims += sum(1 for sid, e in owned.items() if believed[n].get(sid) != e)
+            believed[n] = owned
+        for sid in series:
+            feeding = [n for n in names if sid in believed[n] and now >= frozen_until[n]]
+            # A frozen process does nothing, but must still not believe it owns after waking:
+            # on waking the watchdog fences it before anything else.
+            assert len(feeding) <= 1, (seed, now, sid, feeding)
+    assert claims >= len(series)
+
+
+def test_hint_payloads_round_trip_and_big_batches_leave_the_candles_out() -> None:
+    candles = tuple(Candle(60 * i, 1.5, 2.25, 0.5, 1.75, 10.125) for i in range(3))
+    hint = Hint("c", "binance:spot:A|B/USDT:1m", 42, candles, "node-1")
+    assert decode_hint(encode_hint(hint)) == hint
+    big = Hint("c", "x", 1, tuple(Candle(60 * i, 1.5, 2.5, 0.5, 1.5, 9.75) for i in range(500)))
+    text = encode_hint(big)
+    assert len(text.encode()) < 8000 and decode_hint(text) == Hint("c", "x", 1, None)
+    assert decode_hint("not json") is None and decode_hint('["c", 1, 2, "", "-"]') is None
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_follower_under_drops_duplicates_and_reorders_delivers_the_store_order(seed: int) -> None:
+    rng = random.Random(seed)
+    log: list[tuple[int, list[int]]] = []  # the store: (seq, candle times) per commit
+    t = 0
+    for seq in range(1, 80):
+        n = rng.choice([1, 1, 1, 3])
+        log.append((seq, [t + 60 * k for k in range(n)]))
+        t += 60 * n
+    hints = [(seq, times, rng.random() < 0.9) for seq, times in log]  # 10 % not inline
+    perturbed = []
+    for h in hints:
+        roll = rng.random()
+        if roll < 0.1:
+            continue  # lost
+        perturbed.append(h)
+        if roll < 0.2:
+            perturbed.append(h)  # duplicated
+    for i in range(len(perturbed) - 1):
+        if rng.random() < 0.1:
+            perturbed[i], perturbed[i + 1] = perturbed[i + 1], perturbed[i]
+    follower = SeqFollower()
+    cursor: int | None = None
+    sent: list[int] = []
+
+    def deliver(times: list[int]) -> None:  # the hub: nothing at or below the cursor
+        nonlocal cursor
+        fresh = [x for x in times if cursor is None or x > cursor]
+        sent.extend(fresh)
+        if fresh:
+            cursor = fresh[-1]
+
+    def resync(upto: int) -> None:  # read the store after the cursor
+        deliver([x for seq, times in log if seq <= upto for x in times])
+        follower.resynced(upto)
+
+    for seq, times, inline in perturbed:
+        step = follower.step(seq, inline)
+        if step is Step.DELIVER:
+            deliver(times)
+        elif step is Step.RESYNC:
+            resync(seq)
+    resync(log[-1][0])  # the periodic position check
+    everything = [x for _, times in log for x in times]
+    assert sent == everything
