@@ -201,7 +201,9 @@ def test_exported_file_layout(tmp_path: Path) -> None:
 def test_list_strategies(userdir: Path, actors: list[pykka.ActorRef[Any]]) -> None:
     ref = BacktestActor.start(make_settings(userdir))
     actors.append(ref)
-    assert strategies_and_wait(ref, timeout_s=60) == ["NeverTrades", "SampleStrategy"]
+    assert strategies_and_wait(ref, timeout_s=60) == [
+        "NeverTrades", "SampleStrategy", "TradeCanvasAlwaysTradeFuturesStrategy",
+        "TradeCanvasAlwaysTradeSpotStrategy"]
 
 
 def test_real_freqtrade_timeout(userdir: Path) -> None:
