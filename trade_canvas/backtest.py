@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
 from trade_canvas.errors import InvalidInput
-from trade_canvas.series import parse_series_id
+from trade_canvas.series import Timeframe, parse_series_id
 
 TradingMode = Literal["spot", "futures"]
 
@@ -215,8 +215,10 @@ def series_id_for(
 ) -> str:
     """Return the candle store's series id for a pair, e.g. ``binance:futures:BTC/USDT:5m``.
 
+    Freqtrade's ``1M`` is the store's ``1M`` (calendar months opening on the 1st, 00:00 UTC).
+
     Raises:
-        InvalidInput: when the store cannot hold the timeframe (it has m/h/d/w only).
+        InvalidInput: when the store cannot hold the timeframe (not ``<n>m|h|d|w`` or ``1M``).
     """
     return parse_series_id(f"{exchange}:{trading_mode}:{pair.symbol}:{timeframe}").text
 
@@ -243,7 +245,7 @@ def _day_seconds(text: str) -> int:
 
 
 def export_window(
-    timerange: str | None, timeframe_s: int, head_time: int, max_candles: int,
+    timerange: str | None, timeframe: Timeframe, head_time: int, max_candles: int,
     warmup_candles: int,
 ) -> tuple[int, int]:
     """Return the inclusive ``(first, last)`` candle times to export from the store for a run.
@@ -253,9 +255,9 @@ def export_window(
     """
     start, end = timerange_bounds(timerange)
     last = head_time if end is None else min(head_time, end - 1)
-    newest_first = last - (max_candles - 1) * timeframe_s
-    first = newest_first if start is None else max(start - warmup_candles * timeframe_s,
-                                                   newest_first)
+    newest_first = timeframe.window_start(last, max_candles - 1)
+    first = newest_first if start is None else max(
+        timeframe.window_start(start, warmup_candles), newest_first)
     return first, last
 
 # --- data files -------------------------------------------------------------------------------

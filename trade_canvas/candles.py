@@ -99,7 +99,8 @@ def parse_candle(raw: object, timeframe: Timeframe, now: int) -> Candle:
             not bounding open and close, a time not aligned to the timeframe or more than one
             timeframe in the future.
     """
-    fast = _parse_plain(raw, timeframe.seconds, timeframe.offset, now)
+    # Calendar months have no fixed step for the one-pass check: they take the full checks.
+    fast = None if timeframe.months else _parse_plain(raw, timeframe.seconds, timeframe.offset, now)
     if fast is not None:
         return fast
     if not isinstance(raw, Mapping):
@@ -114,7 +115,8 @@ def parse_candle(raw: object, timeframe: Timeframe, now: int) -> Candle:
         raise InvalidInput(
             f"candle.candle_time {candle_time} is not aligned to timeframe {timeframe.text}"
         )
-    if candle_time > now + timeframe.seconds:
+    # For an aligned time, "> next_open(now)" is "> now + seconds" of a fixed timeframe.
+    if candle_time > timeframe.next_open(now):
         raise InvalidInput(
             f"candle.candle_time {candle_time} is more than one timeframe in the future"
         )
@@ -176,9 +178,11 @@ def dedupe_sorted(candles: Iterable[Candle]) -> list[Candle]:
     return [by_time[t] for t in sorted(by_time)]
 
 
-def find_gap(previous_time: int | None, candles: Sequence[Candle], step: int) -> int | None:
+def find_gap(
+    previous_time: int | None, candles: Sequence[Candle], timeframe: Timeframe
+) -> int | None:
     """Return the expected next time if ``candles[0]`` does not follow ``previous_time``."""
     if previous_time is None or not candles:
         return None
-    expected = previous_time + step
+    expected = timeframe.next_open(previous_time)
     return expected if candles[0].candle_time > expected else None

@@ -237,3 +237,35 @@ def test_catch_up_folds_in_time_bounded_slices_and_yields_between_them() -> None
     _, events = engine.run(engine.initial_state(PARAMS), CANDLES, PARAMS)
     assert keys(store.read_factor_events(S, 0, 10**9)) == keys(events)
     assert store.read_factor_snapshot(S).head_time == CANDLES[-1].candle_time
+
+
+def test_monthly_series_folds_factor_events_over_calendar_months() -> None:
+    """36 synthetic months (2021..2023): the same ledger as the engine, exact month lags."""
+    monthly = parse_series_id("binance:spot:BTC/USDT:1M")
+    tf, sid = monthly.timeframe, monthly.text
+    months = [dataclasses.replace(x, candle_time=tf.shift(1_609_459_200, i))
+              for i, x in enumerate(random_walk(5, 36))]
+    store, hub = MemoryCandleStore(), Hub()
+    record = ChildRecord(kind="factor", series_id=sid, start=lambda link: None)  # type: ignore[arg-type,return-value]
+    lookup = lambda kind: hub if kind == "hub" else None  # noqa: E731
+
+    def actor() -> FactorActor:
+        return FactorActor(monthly, store, lookup, ChildLink(record, None), OPTIONS)
+
+    first = actor()
+    first.on_start()
+    for i in range(0, 24, 6):
+        store.upsert_candles(sid, months[i:i + 6])
+        first.on_receive(CandlesStored(tuple(months[i:i + 6])))
+        drain(first)
+    store.upsert_candles(sid, months[24:])  # twelve months stored while the actor was down
+    second = actor()
+    second.on_start()
+    assert second.status()["lag_candles"] == 12 and second.state.head_time == months[23].candle_time
+    drain(second)
+    _, events = engine.run(engine.initial_state(PARAMS), months, PARAMS)
+    assert len(events) > 10
+    assert keys(store.read_factor_events(sid, 0, 10**10)) == keys(events)
+    assert store.read_factor_snapshot(sid).head_time == months[-1].candle_time
+    assert second.status()["lag_candles"] == 0
+    assert hub.of_type("draw_delta")[-1]["to_candle_time"] == months[-1].candle_time

@@ -175,3 +175,79 @@ def test_outage_leaves_no_hole_with_started_actors() -> None:
         time.sleep(0.02)
     assert [x.candle_time for x in store.read_tail(S.text, 100)] == [60 * i for i in range(1, 40)]
     assert store_ref.is_alive()
+
+
+MONTHLY = parse_series_id("binance:spot:BTC/USDT:1M")
+MONTHS = [MONTHLY.timeframe.shift(1_704_067_200, k) for k in range(8)]  # 2024-01-01 .. 08-01
+
+
+class NewestFirstExchange(Exchange):
+    """Binance's paging: without ``start_ms`` the newest ``limit`` rows up to ``end_ms``."""
+
+    def __init__(self, candles: Sequence[Candle]) -> None:
+        super().__init__(candles)
+        self.calls: list[tuple[int | None, int | None, int | None]] = []
+
+    def klines(self, market: str, symbol: str, interval: str, start_ms: int | None = None,
+               end_ms: int | None = None, limit: int | None = None) -> list[Candle]:
+        assert interval == "1M"
+        self.calls.append((start_ms, end_ms, limit))
+        if start_ms is not None:
+            return super().klines(market, symbol, interval, start_ms, end_ms, limit)
+        rows = [x for x in self.candles if end_ms is None or x.candle_time * 1000 <= end_ms]
+        return rows[-(limit or 500):]
+
+
+def monthly_feed(store: MemoryCandleStore, refs: dict[str, Any], now: int,
+                 exchange: Exchange, tail_max: int = 100) -> FeedActor:
+    clock = Clock()
+    clock.now = float(now)
+    return FeedActor(
+        MONTHLY, FeedJob(MONTHLY.text, pinned=True), exchange, lambda: None, refs.get, store,
+        link("feed"), tail_max=tail_max, clock=clock,
+    )
+
+
+def test_monthly_tail_fill_asks_for_the_months_behind_and_keeps_the_closed_ones() -> None:
+    store, inbox = MemoryCandleStore(), Inbox()
+    store.upsert_candles(MONTHLY.text, [c(t) for t in MONTHS[:3]])  # Jan..Mar stored
+    exchange = NewestFirstExchange([c(t) for t in MONTHS])  # August is still forming
+    feed = monthly_feed(store, {"store": inbox}, MONTHS[7] + 9 * 86400, exchange)
+    feed.on_start()
+    assert feed._tail_limit() == 5 + 2  # Mar -> Aug is five months
+    feed._fill_tail()
+    feed._flush()
+    assert [x.candle_time for x in inbox.told[-1].candles] == MONTHS[3:7]  # Apr..Jul
+    assert exchange.calls == [(None, None, 7)]
+
+
+def test_monthly_tail_fill_pages_back_with_a_small_page() -> None:
+    store, inbox = MemoryCandleStore(), Inbox()
+    exchange = NewestFirstExchange([c(t) for t in MONTHS])
+    feed = monthly_feed(store, {"store": inbox}, MONTHS[7] + 86400, exchange, tail_max=5)
+    feed.max_limit = 2
+    feed.on_start()
+    feed._fill_tail()
+    feed._flush()
+    assert [x.candle_time for x in inbox.told[-1].candles] == MONTHS[2:7]  # newest 5 closed
+
+
+def test_monthly_gap_before_a_closed_frame_is_filled_month_by_month() -> None:
+    store, inbox = MemoryCandleStore(), Inbox()
+    store.upsert_candles(MONTHLY.text, [c(t) for t in MONTHS[:3]])
+    exchange = NewestFirstExchange([c(t) for t in MONTHS])
+    feed = monthly_feed(store, {"store": inbox}, MONTHS[6] + 3600, exchange)
+    feed.max_limit = 1  # one month per request: every cursor step goes through the calendar
+    feed.on_start()
+    feed.filled = True
+    frame = KlineUpdate("BTCUSDT", "1M", c(MONTHS[5]), True, MONTHS[5] * 1000,
+                        MONTHS[6] * 1000 - 1)
+    feed.on_receive(KlineReceived(frame))  # June closes; April and May are missing
+    assert [x.candle_time for x in inbox.told[-1].candles] == MONTHS[3:6]
+    assert [call[0] for call in exchange.calls] == [MONTHS[3] * 1000, MONTHS[4] * 1000]
+    assert {call[1] for call in exchange.calls} == {MONTHS[4] * 1000}
+    feed.on_receive(CandlesCommitted(inbox.told[-1].batch))
+    feed.on_receive(KlineReceived(KlineUpdate("BTCUSDT", "1M", c(MONTHS[6]), True,
+                                              MONTHS[6] * 1000, MONTHS[7] * 1000 - 1)))
+    assert [x.candle_time for x in inbox.told[-1].candles] == [MONTHS[6]]  # July follows June
+    assert len(exchange.calls) == 2

@@ -301,3 +301,33 @@ def test_no_catch_up_read_for_a_client_whose_buffer_is_half_full() -> None:
     box.offer([encode({"pad": "x" * 600})])
     hub.on_receive(Subscribe(box, None, True))
     assert [m.get("code") for m in drain(box)] == [None, "rate_limited"]
+
+
+MONTHLY = parse_series_id("binance:spot:BTC/USDT:1M")
+JAN, FEB, MAR, APR, MAY, JUN = (1_704_067_200, 1_706_745_600, 1_709_251_200, 1_711_929_600,
+                                1_714_521_600, 1_717_200_000)  # 2024-01-01 .. 2024-06-01 UTC
+
+
+def test_monthly_gaps_follow_the_calendar() -> None:
+    """Feb -> Mar (29 days) and Jan -> Feb (31) are neighbours; a missing April is a gap."""
+    store = MemoryCandleStore()
+    store.upsert_candles(MONTHLY.text, [c(JAN), c(FEB), c(MAR)])
+    record = ChildRecord(kind="hub", series_id=MONTHLY.text, start=lambda link: None)
+    hub = SubscriberHub(MONTHLY, store, HubState(), ChildLink(record, None),
+                        catchup_limit=100, forming_interval_s=0.25, clock=lambda: 0.0)
+    plain, late = Outbox(10), Outbox(10)
+    hub.on_receive(Subscribe(plain, JAN, False))
+    assert [(m["type"], m["candle"]["candle_time"]) for m in drain(plain)] == [
+        ("candle_closed", FEB), ("candle_closed", MAR)]
+    hub.on_receive(Subscribe(late, 1_698_796_800 + 3600, False))  # since 2023-11-01 01:00
+    gap, *closed = drain(late)
+    assert gap == {"type": "gap", "series_id": MONTHLY.text, "expected_next_time": 1_701_388_800,
+                   "actual_time": JAN}
+    assert len(closed) == 3
+    hub.on_receive(CandlesStored((c(MAY), c(JUN))))  # April never came
+    assert [(m["type"], m.get("expected_next_time")) for m in drain(plain)] == [
+        ("gap", APR), ("candle_closed", None), ("candle_closed", None)]
+    hub.on_receive(Subscribe(Outbox(10), JUN, False))
+    store.upsert_candles(MONTHLY.text, [c(JUN + 30 * 86400)])  # 2024-07-01: no gap after June
+    hub.on_receive(CandlesStored((c(JUN + 30 * 86400),)))
+    assert [m["type"] for m in drain(plain)] == ["candle_closed"]

@@ -148,3 +148,32 @@ def test_ingest_state_and_metrics_gate(debug, make_client) -> None:
     body = metrics.simulate_get("/api/market/debug/metrics").json
     assert body["enabled"] is True and body["gauges"]["market_ws_active_subscriptions"] == 0.0
     assert all(isinstance(v, float) for v in body["counters"].values())
+
+
+def test_monthly_lamp_and_gaps_count_calendar_months(debug) -> None:
+    monthly = "binance:futures:BTC/USDT:1M"
+    # 2023-01-01, 02-01, 03-01 (28 days after Feb 1: no gap), then 06-01 (Apr and May missing)
+    jan, feb, mar, jun = 1_672_531_200, 1_675_209_600, 1_677_628_800, 1_685_577_600
+    ingest(debug, monthly, [jan, feb, mar, jun])
+    body = debug.simulate_get("/api/market/debug/series_health",
+                              params={"series_id": monthly, "recent_base_buckets": 2}).json
+    assert body["gap_count"] == 1 and body["recent_gaps"] == [
+        {"prev_time": mar, "next_time": jun, "delta_seconds": jun - mar, "missing_candles": 2}]
+    assert body["base_bucket_completeness"] == []  # no 1m twin stored
+    nov = 1_698_796_800
+    ingest(debug, "binance:futures:BTC/USDT:1m", [nov - 60, nov, nov + 120])
+    body = debug.simulate_get("/api/market/debug/series_health",
+                              params={"series_id": monthly, "recent_base_buckets": 2}).json
+    assert body["base_bucket_completeness"] == [  # October has 31 days, November 30
+        {"bucket_open_time": 1_696_118_400, "expected_minutes": 44_640, "actual_minutes": 1,
+         "missing_minutes": 44_639},
+        {"bucket_open_time": nov, "expected_minutes": 43_200, "actual_minutes": 2,
+         "missing_minutes": 43_198},
+    ]
+    lamp = debug.simulate_get("/api/market/health", params={"series_id": monthly}).json
+    oct_ = 1_696_118_400  # at NOW (2023-11-14) October is the newest closed month
+    assert lamp["expected_latest_closed_time"] == oct_
+    assert lamp["missing_candles"] == 4 and lamp["missing_seconds"] == oct_ - jun  # Jul..Oct
+    ingest(debug, monthly, [oct_])
+    just = debug.simulate_get("/api/market/health", params={"series_id": monthly}).json
+    assert just["status"] == "green" and just["missing_candles"] == 0

@@ -9,6 +9,7 @@ import pytest
 
 from tests.api.conftest import NOW
 from tests.unit.test_factor_engine import random_walk
+from trade_canvas.series import parse_timeframe
 
 S = "binance:futures:BTC/USDT:1m"
 BASE = NOW - NOW % 60 - 60 * 1000
@@ -151,3 +152,30 @@ def test_bad_parameters_are_422(client, path: str, params: dict, detail: str) ->
 def test_bad_series_id_is_422(client) -> None:
     result = client.simulate_get("/api/factor/health", params={"series_id": "nope"})
     assert result.status_code == 422
+
+
+def test_monthly_series_has_factors_slices_and_draws(make_client) -> None:
+    """30 calendar months (2021-01 .. 2023-06) through HTTP ingest, the factor actor and reads."""
+    month, monthly = parse_timeframe("1M"), "binance:futures:BTC/USDT:1M"
+    candles = [dataclasses.replace(c, candle_time=month.shift(1_609_459_200, i))
+               for i, c in enumerate(random_walk(3, 30))]
+    last = candles[-1].candle_time
+    client = make_client(**SMALL_WINDOWS)
+    result = client.simulate_post("/api/market/ingest/candles_closed_batch", json={
+        "series_id": monthly, "candles": [c.to_dict() for c in candles]})
+    assert result.status_code == 200, result.text
+    deadline = time.monotonic() + 5
+    while True:
+        health = client.simulate_get("/api/factor/health", params={"series_id": monthly}).json
+        if health["status"] == "green" or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert health["factor_head_time"] == last and health["max_delay_candles"] == 0
+    slices = client.simulate_get("/api/factor/slices",
+                                 params={"series_id": monthly, "at_time": last + 86400}).json
+    assert slices["candle_id"] == f"{monthly}:{last}" and slices["snapshots"]["pivot"]
+    # A 3-candle window ending mid-month holds that month and the two before it.
+    draw = client.simulate_get("/api/draw/delta", params={
+        "series_id": monthly, "at_time": candles[20].candle_time + 86400, "window_candles": 3}).json
+    assert draw["to_candle_time"] == candles[20].candle_time
+    assert draw["instruction_catalog_patch"]

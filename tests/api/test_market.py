@@ -53,7 +53,7 @@ def test_unknown_series_is_empty(client) -> None:
         ({"series_id": S, "since": " 12"}, "since must be an integer in 0.."),
         ({"series_id": S, "limit": "1_0"}, "limit must be an integer in 1..5000"),
         ({"series_id": "binance:spot:1m"}, "invalid series_id"),
-        ({"series_id": "binance:spot:BTC/USDT:1M"}, "invalid timeframe"),
+        ({"series_id": "binance:spot:BTC/USDT:2M"}, "invalid timeframe"),
     ],
 )
 def test_bad_read_parameters(client, params: dict, detail: str) -> None:
@@ -217,3 +217,25 @@ def test_json_with_charset_is_json(client) -> None:
         headers={"content-type": "Application/JSON; charset=utf-8"},
     )
     assert result.status_code == 200
+
+
+M = "binance:futures:BTC/USDT:1M"
+# Month opens around NOW (2023-11-14 22:13 UTC): 2023-08-01, 09-01, 10-01, 11-01, 12-01, 2024-01-01
+AUG, SEP, OCT, NOV, DEC, JAN = (1_690_848_000, 1_693_526_400, 1_696_118_400, 1_698_796_800,
+                                1_701_388_800, 1_704_067_200)
+
+
+def test_monthly_series_ingest_validates_on_the_calendar(client) -> None:
+    result = client.simulate_post("/api/market/ingest/candles_closed_batch", json={
+        "series_id": M, "candles": [candle(t) for t in (AUG, SEP, OCT)]})
+    assert result.status_code == 200, result.text
+    assert ingest(client, NOV, series=M).status_code == 200  # forming now, one month ahead is ok
+    assert ingest(client, DEC, series=M).status_code == 200
+    too_far = ingest(client, JAN, series=M)
+    assert too_far.status_code == 422 and "future" in too_far.json["detail"]
+    for bad in (SEP + 30 * 86400 - 86400, SEP + 31 * 86400, 31 * 86400 * 548):  # Sep 30, Oct 2
+        result = ingest(client, bad, series=M)
+        assert result.status_code == 422 and "not aligned to timeframe 1M" in result.json["detail"]
+    body = client.simulate_get("/api/market/candles", params={"series_id": M, "since": SEP}).json
+    assert [c["candle_time"] for c in body["candles"]] == [OCT, NOV, DEC]
+    assert body["server_head_time"] == DEC

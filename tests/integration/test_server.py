@@ -238,3 +238,31 @@ def test_crash_of_one_series_spares_the_others(start_server) -> None:
     assert "restarting" in server.log() and "restarted" in server.log()
     status, body = server.get(f"/api/market/candles?series_id={S}")
     assert [c["candle_time"] for c in body["candles"]] == [base]
+
+
+def test_monthly_series_over_http_and_websocket(start_server) -> None:
+    """Calendar months: Feb -> Mar 2020 (29 days) is no gap, a missing April is one."""
+    server = start_server()
+    monthly = "binance:futures:BTC/USDT:1M"
+    jan, feb, mar, apr, may, jun = (1_577_836_800, 1_580_515_200, 1_583_020_800, 1_585_699_200,
+                                    1_588_291_200, 1_590_969_600)
+    batch = {"series_id": monthly, "candles": [candle(t) for t in (jan, feb, mar)]}
+    status, body = server.post("/api/market/ingest/candles_closed_batch", batch)
+    assert status == 200, body
+    status, body = server.post("/api/market/ingest/candle_closed",
+                               {"series_id": monthly, "candle": candle(mar + 30 * 86400)})
+    assert status == 422 and "not aligned" in body["detail"]  # March 31
+    ws = connect(server)
+    subscribe(ws, series=monthly, since=jan)
+    seen = [json.loads(ws.recv()) for _ in range(2)]
+    assert [(m["type"], m["candle"]["candle_time"]) for m in seen] == [
+        ("candle_closed", feb), ("candle_closed", mar)]
+    for t in (may, jun):
+        status, body = server.post("/api/market/ingest/candle_closed",
+                                   {"series_id": monthly, "candle": candle(t)})
+        assert status == 200, body
+    live = [json.loads(ws.recv()) for _ in range(3)]
+    assert live[0] == {"type": "gap", "series_id": monthly, "expected_next_time": apr,
+                       "actual_time": may}
+    assert [m["candle"]["candle_time"] for m in live[1:]] == [may, jun]
+    ws.close()

@@ -10,6 +10,7 @@ import pytest
 from trade_canvas import backtest as bt
 from trade_canvas import freqtrade_offline as offline
 from trade_canvas.errors import InvalidInput
+from trade_canvas.series import parse_timeframe
 
 REQUEST = bt.BacktestRequest("SampleStrategy", "BTC/USDT", "5m", "20200101-20200103")
 
@@ -124,10 +125,19 @@ def test_series_id_for(pair: str, mode: bt.TradingMode, series_id: str) -> None:
     assert bt.series_id_for(bt.parse_pair(pair), "5m", mode) == series_id
 
 
-def test_series_id_for_timeframe_the_store_lacks() -> None:
-    with pytest.raises(InvalidInput):
-        bt.series_id_for(bt.parse_pair("BTC/USDT"), "1M", "spot")
+def test_series_id_for_weeks_and_calendar_months() -> None:
+    assert bt.series_id_for(bt.parse_pair("BTC/USDT"), "1M", "spot") == "binance:spot:BTC/USDT:1M"
     assert bt.series_id_for(bt.parse_pair("BTC/USDT"), "1w", "spot") == "binance:spot:BTC/USDT:1w"
+    with pytest.raises(InvalidInput):
+        bt.series_id_for(bt.parse_pair("BTC/USDT"), "5s", "spot")
+
+
+def test_export_window_in_calendar_months() -> None:
+    month = parse_timeframe("1M")
+    head = 1_709_251_200  # 2024-03-01
+    # The newest 3 months up to March: January on; with a timerange, 2 warm-up months before it.
+    assert bt.export_window(None, month, head, 3, 2) == (1_704_067_200, head)
+    assert bt.export_window("20240201-", month, head, 100, 2) == (1_701_388_800, head)  # Dec 1
 
 
 def test_data_paths() -> None:

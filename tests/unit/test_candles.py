@@ -73,9 +73,33 @@ def test_dedupe_keeps_last_and_sorts() -> None:
 
 def test_find_gap() -> None:
     candles = [Candle(240, 1, 1, 1, 1, 1)]
-    assert find_gap(120, candles, 60) == 180
-    assert find_gap(180, candles, 60) is None
-    assert find_gap(None, candles, 60) is None
+    assert find_gap(120, candles, TF) == 180
+    assert find_gap(180, candles, TF) is None
+    assert find_gap(None, candles, TF) is None
+
+
+def test_find_gap_over_calendar_months() -> None:
+    month = parse_timeframe("1M")
+    feb, mar, apr = 1_706_745_600, 1_709_251_200, 1_711_929_600  # 2024-02-01 .. 04-01 UTC
+    assert find_gap(feb, [Candle(mar, 1, 1, 1, 1, 1)], month) is None  # 29 days, no hole
+    assert find_gap(feb, [Candle(apr, 1, 1, 1, 1, 1)], month) == mar
+
+
+def test_monthly_candles_open_on_the_first() -> None:
+    month = parse_timeframe("1M")
+    mar, apr = 1_709_251_200, 1_711_929_600  # 2024-03-01 and 2024-04-01 00:00 UTC
+    assert parse_candle({**GOOD, "candle_time": mar}, month, mar + 5 * 86400).candle_time == mar
+    with pytest.raises(InvalidInput, match="not aligned to timeframe 1M"):
+        parse_candle({**GOOD, "candle_time": mar + 31 * 86400 - 86400}, month, apr)  # Mar 31
+    with pytest.raises(InvalidInput, match="not aligned"):
+        parse_candle({**GOOD, "candle_time": 31 * 86400 * 645}, month, apr)  # a 31-day multiple
+    # One timeframe ahead: the next month is fine during this one, the month after is not.
+    assert parse_candle({**GOOD, "candle_time": apr}, month, mar + 86400).candle_time == apr
+    with pytest.raises(InvalidInput, match="future"):
+        parse_candle({**GOOD, "candle_time": 1_714_521_600}, month, mar + 30 * 86400)  # May 1
+    candles = parse_candles([{**GOOD, "candle_time": mar}, {**GOOD, "candle_time": apr}],
+                            month, apr, 10)
+    assert [c.candle_time for c in candles] == [mar, apr]
 
 
 def test_weekly_candles_must_open_on_monday() -> None:

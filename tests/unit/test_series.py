@@ -1,7 +1,12 @@
+import random
+from datetime import datetime, timezone
+
 import pytest
 
 from trade_canvas.errors import InvalidInput
 from trade_canvas.series import (
+    MAX_EPOCH_SECONDS,
+    MONTH_NOMINAL_SECONDS,
     align_time,
     expected_latest_closed_time,
     parse_series_id,
@@ -18,7 +23,9 @@ def test_timeframes(text: str, seconds: int) -> None:
     assert parse_timeframe(text).seconds == seconds
 
 
-@pytest.mark.parametrize("text", ["", "0m", "1M", "30s", "m", "1.5h", "-1m", "1 m", "0w"])
+@pytest.mark.parametrize(
+    "text", ["", "0m", "2M", "12M", "0M", "1MM", "30s", "m", "1.5h", "-1m", "1 m", "0w"]
+)
 def test_bad_timeframes(text: str) -> None:
     with pytest.raises(InvalidInput):
         parse_timeframe(text)
@@ -93,3 +100,86 @@ def test_surrounding_blanks_are_trimmed_not_kept() -> None:
 def test_series_id_of_exactly_the_maximum_length_is_accepted() -> None:
     text = "binance:spot:" + "A" * (128 - len("binance:spot::1m")) + ":1m"
     assert len(text) == 128 and parse_series_id(text).text == text
+
+
+MONTH = parse_timeframe("1M")
+
+
+def _utc(*args: int) -> int:
+    return int(datetime(*args, tzinfo=timezone.utc).timestamp())
+
+
+def test_month_timeframe_is_calendar_with_a_nominal_width() -> None:
+    assert parse_timeframe(" 1M ") == MONTH
+    assert (MONTH.text, MONTH.months, MONTH.seconds) == ("1M", 1, MONTH_NOMINAL_SECONDS)
+    assert parse_series_id("binance:spot:BTC/USDT:1M").text == "binance:spot:BTC/USDT:1M"
+    assert parse_timeframe("1m").months == 0  # minutes and months differ only in case
+
+
+@pytest.mark.parametrize(
+    "t,opens,next_open,previous_open",
+    [
+        (_utc(2024, 1, 31, 23, 59, 59), _utc(2024, 1, 1), _utc(2024, 2, 1), _utc(2023, 12, 1)),
+        (_utc(2024, 1, 31), _utc(2024, 1, 1), _utc(2024, 2, 1), _utc(2023, 12, 1)),
+        (_utc(2024, 2, 29, 12), _utc(2024, 2, 1), _utc(2024, 3, 1), _utc(2024, 1, 1)),  # leap
+        (_utc(2023, 2, 28, 23), _utc(2023, 2, 1), _utc(2023, 3, 1), _utc(2023, 1, 1)),
+        (_utc(2000, 2, 29), _utc(2000, 2, 1), _utc(2000, 3, 1), _utc(2000, 1, 1)),  # 400 rule
+        (_utc(2100, 3, 1) - 1, _utc(2100, 2, 1), _utc(2100, 3, 1), _utc(2100, 1, 1)),  # 100 rule
+        (_utc(2023, 12, 15), _utc(2023, 12, 1), _utc(2024, 1, 1), _utc(2023, 11, 1)),  # Dec -> Jan
+        (_utc(2024, 1, 1), _utc(2024, 1, 1), _utc(2024, 2, 1), _utc(2023, 12, 1)),  # Jan -> Dec
+        (0, 0, _utc(1970, 2, 1), _utc(1969, 12, 1)),
+    ],
+)
+def test_month_alignment(t: int, opens: int, next_open: int, previous_open: int) -> None:
+    assert MONTH.align(t) == align_time(t, MONTH) == opens
+    assert MONTH.next_open(t) == next_open and MONTH.previous_open(t) == previous_open
+    assert MONTH.is_aligned(opens) and MONTH.is_aligned(t) == (t == opens)
+    assert MONTH.steps_between(previous_open, next_open) == 2
+
+
+def test_month_arithmetic_matches_the_calendar() -> None:
+    rng = random.Random(14)
+    for _ in range(2000):
+        t = rng.randrange(0, _utc(9999, 11, 1))
+        moment = datetime.fromtimestamp(t, tz=timezone.utc)
+        year, month = divmod(moment.year * 12 + moment.month, 12)  # the next month, 0-based
+        month += 1
+        assert MONTH.align(t) == _utc(moment.year, moment.month, 1)
+        assert MONTH.next_open(t) == _utc(year, month, 1)
+    # Past the year 9999 the integer arithmetic goes on where datetime stops.
+    assert MONTH.next_open(MAX_EPOCH_SECONDS) == MAX_EPOCH_SECONDS + 1
+
+
+def test_month_shift_steps_and_open_times() -> None:
+    jan = _utc(2023, 1, 1)
+    assert MONTH.shift(jan, 14) == _utc(2024, 3, 1) and MONTH.shift(jan, -13) == _utc(2021, 12, 1)
+    assert MONTH.steps_between(jan, _utc(2025, 1, 31)) == 24
+    assert MONTH.steps_between(_utc(2024, 5, 2), jan) == -16
+    assert MONTH.open_times(jan + 1, _utc(2023, 4, 1)) == [_utc(2023, m, 1) for m in (2, 3, 4)]
+    assert MONTH.open_times(jan, _utc(2023, 3, 31)) == [_utc(2023, m, 1) for m in (1, 2, 3)]
+    assert MONTH.open_times(_utc(2023, 3, 2), _utc(2023, 3, 31)) == []
+
+
+def test_month_read_windows_hold_as_many_candles_as_fixed_ones() -> None:
+    mar = _utc(2024, 3, 1)
+    assert MONTH.window_start(mar, 2) == _utc(2024, 1, 1)  # Jan, Feb, Mar: 3 like t - 2 * s
+    assert MONTH.window_start(mar + 86400, 2) == _utc(2024, 2, 1)  # Feb, Mar: 2
+    assert MONTH.window_start(mar, 14) == _utc(2023, 1, 1)
+    hour = parse_timeframe("1h")
+    assert hour.window_start(7200, 2) == 0 and hour.window_start(7300, 2) == 100
+
+
+def test_latest_closed_month() -> None:
+    assert expected_latest_closed_time(_utc(2024, 3, 1), MONTH) == _utc(2024, 2, 1)
+    assert expected_latest_closed_time(_utc(2024, 2, 29, 23, 59, 59), MONTH) == _utc(2024, 1, 1)
+    assert expected_latest_closed_time(_utc(1970, 1, 20), MONTH) == 0
+
+
+@pytest.mark.parametrize("text", ["1m", "5m", "1h", "4h", "1d", "3d", "1w"])
+def test_fixed_steps_are_unchanged(text: str) -> None:
+    tf = parse_timeframe(text)
+    t = tf.align(1_700_000_123)
+    assert tf.next_open(t) == t + tf.seconds and tf.previous_open(t) == t - tf.seconds
+    assert tf.next_open(t + 1) == t + tf.seconds and tf.shift(t, -3) == t - 3 * tf.seconds
+    assert tf.steps_between(t, t + 5 * tf.seconds) == 5
+    assert tf.open_times(t - 1, t + 2 * tf.seconds) == [t + k * tf.seconds for k in range(3)]

@@ -77,7 +77,9 @@ SLICE_STEP_CANDLES = 32
 # More new candles than this at once (a batch, a backfill page) are folded by the sliced
 # catch-up loop from the store rather than in one go.
 LIVE_FOLD_CANDLES = 64
-# Candles behind the head whose instructions are rendered and versioned on each batch.
+# Candles behind the head whose instructions are rendered and versioned on each batch. The
+# window is a time span, DRAW_WINDOW_CANDLES * timeframe.seconds: for calendar months that uses
+# the nominal 31-day month, so it is approximate (about 2030 months, where Binance has under 200).
 DRAW_WINDOW_CANDLES = 2000
 
 
@@ -120,7 +122,7 @@ class FactorActor(pykka.ThreadingActor):
         super().__init__()
         self.series = series
         self.sid = series.text
-        self.step_s = series.timeframe.seconds
+        self.step_s = series.timeframe.seconds  # nominal for months: window spans only
         self.store = store
         self.lookup = lookup
         self.link = link
@@ -150,9 +152,11 @@ class FactorActor(pykka.ThreadingActor):
         """Return the status-board fields: heads, lag and what the actor is doing."""
         head = self.state.head_time
         lag = None if head is None or self.store_head is None else max(0, self.store_head - head)
+        candles = None if head is None or self.store_head is None else max(
+            0, self.series.timeframe.steps_between(head, self.store_head))
         return {
             "head_time": head, "store_head_time": self.store_head, "lag_seconds": lag,
-            "lag_candles": None if lag is None else -(-lag // self.step_s),
+            "lag_candles": candles,
             "catching_up": self.cursor is not None, "rebuilding": self.rebuilding,
             "rebuilds": self.rebuilds, "old_candles_skipped": self.skipped_old,
             "pending_candles": len(self.pending), "coalesced_folds": self.coalesced,

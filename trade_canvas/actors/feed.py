@@ -77,7 +77,7 @@ class FeedActor(pykka.ThreadingActor):
         self.link = link
         self.tail_max = tail_max
         self.clock = clock
-        self.step = series.timeframe.seconds
+        self.timeframe = series.timeframe
         self.market = series.market
         self.symbol = binance.to_binance_symbol(series.symbol)
         self.interval = binance.check_interval(series.timeframe)
@@ -148,8 +148,9 @@ class FeedActor(pykka.ThreadingActor):
         if tip is not None and candle.candle_time <= tip:
             return
         batch = self._retry_holes()
-        if tip is not None and candle.candle_time > tip + self.step:
-            batch += self._fetch_range(tip + self.step, candle.candle_time - self.step)
+        if tip is not None and candle.candle_time > self.timeframe.next_open(tip):
+            batch += self._fetch_range(self.timeframe.next_open(tip),
+                                       self.timeframe.previous_open(candle.candle_time))
         self.counters["closed"] += 1
         self._queue([*batch, candle])
 
@@ -245,8 +246,9 @@ class FeedActor(pykka.ThreadingActor):
     def _note_fill(self, state: str, reason: str, error: str | None = None) -> None:
         now = int(self.clock())
         if state == "running" or self.fill is None:
-            behind = expected_latest_closed_time(now, self.series.timeframe) - (self._tip() or 0)
-            missing = min(max(0, behind), self.tail_max * self.step)
+            behind = expected_latest_closed_time(now, self.timeframe) - (self._tip() or 0)
+            # Seconds for the health lamp: a month's nominal width is close enough there.
+            missing = min(max(0, behind), self.tail_max * self.timeframe.seconds)
             self.fill = {"state": state, "started_at": now, "start_missing_seconds": missing}
         self.fill = {**self.fill, "state": state, "updated_at": now, "reason": reason,
                      "note": None, "error": error}
@@ -257,7 +259,7 @@ class FeedActor(pykka.ThreadingActor):
             return []
         collected = page[:-1]  # the newest row is the candle still forming
         tip = self._tip()
-        start = None if tip is None else tip + self.step
+        start = None if tip is None else self.timeframe.next_open(tip)
         while (
             len(page) >= 2
             and len(collected) < self.tail_max
@@ -276,7 +278,7 @@ class FeedActor(pykka.ThreadingActor):
         tip = self._tip()
         if tip is None:
             return min(self.max_limit, self.tail_max + 1)
-        behind = int((self.clock() - tip) // self.step) + 2
+        behind = self.timeframe.steps_between(tip, int(self.clock())) + 2
         return max(2, min(self.max_limit, behind, self.tail_max + 1))
 
     def _fetch_range(self, start: int, end: int) -> list[Candle]:
@@ -299,5 +301,5 @@ class FeedActor(pykka.ThreadingActor):
             if not page:
                 break
             result.extend(page)
-            cursor = page[-1].candle_time + self.step
+            cursor = self.timeframe.next_open(page[-1].candle_time)
         return [c for c in result if start <= c.candle_time <= end]

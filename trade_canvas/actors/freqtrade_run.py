@@ -345,7 +345,7 @@ def _prepare(
     try:
         series_id: str | None = bt.series_id_for(spec, request.timeframe, mode)
     except InvalidInput:
-        series_id = None  # e.g. 1w/1M: freqtrade has them, our store does not
+        series_id = None  # a timeframe freqtrade knows and the store cannot hold
     return {"base": base, "mode": mode, "spec": spec, "datadir": datadir,
             "export_dir": export_dir, "config_path": config_path, "series_id": series_id}
 

@@ -248,7 +248,7 @@ class SubscriberHub(pykka.ThreadingActor):
     ) -> None:
         super().__init__()
         self.series = series
-        self.step = series.timeframe.seconds
+        self.timeframe = series.timeframe
         self.store = store
         self.state = state
         self.link = link
@@ -339,8 +339,10 @@ class SubscriberHub(pykka.ThreadingActor):
         else:
             candles = self.store.read_since(sid, since, self.catchup_limit)
         frames: list[Frame] = []
-        if candles and since is not None and since > 0 and candles[0].candle_time > since + self.step:
-            frames.append(self._gap_frame(since + self.step, candles[0].candle_time))
+        if candles and since is not None and since > 0:
+            expected = self.timeframe.next_open(since)
+            if candles[0].candle_time > expected:
+                frames.append(self._gap_frame(expected, candles[0].candle_time))
         if candles:
             frames.extend(self._candle_frames(candles, sub.supports_batch, internal_gaps=False))
         if client_asked and sum(len(frame.wire()) for frame in frames) > sub.outbox.room():
@@ -362,7 +364,7 @@ class SubscriberHub(pykka.ThreadingActor):
             if start >= len(candles):
                 continue
             gap_after = sub.cursor
-            if gap_after is not None and times[start] <= gap_after + self.step:
+            if gap_after is not None and times[start] <= self.timeframe.next_open(gap_after):
                 gap_after = None
             key = (start, gap_after, sub.supports_batch)
             frames = memo.get(key)
@@ -383,7 +385,8 @@ class SubscriberHub(pykka.ThreadingActor):
     ) -> list[Frame]:
         frames = []
         if gap_after is not None:
-            frames.append(self._gap_frame(gap_after + self.step, candles[0].candle_time))
+            frames.append(self._gap_frame(self.timeframe.next_open(gap_after),
+                                          candles[0].candle_time))
         frames.extend(self._candle_frames(candles, supports_batch, internal_gaps=True))
         return frames
 
@@ -395,12 +398,12 @@ class SubscriberHub(pykka.ThreadingActor):
             return [encode({"type": "candles_batch", "series_id": sid,
                             "candles": [c.to_dict() for c in candles]})]
         frames = []
-        previous: int | None = None
+        expected: int | None = None  # the open after the previous candle's
         for candle in candles:
-            if internal_gaps and previous is not None and candle.candle_time > previous + self.step:
-                frames.append(self._gap_frame(previous + self.step, candle.candle_time))
+            if internal_gaps and expected is not None and candle.candle_time > expected:
+                frames.append(self._gap_frame(expected, candle.candle_time))
             frames.append(encode({"type": "candle_closed", "series_id": sid, "candle": candle.to_dict()}))
-            previous = candle.candle_time
+            expected = self.timeframe.next_open(candle.candle_time)
         return frames
 
     def _gap_frame(self, expected: int, actual: int) -> Frame:

@@ -35,6 +35,7 @@ from trade_canvas.candles import Candle
 from trade_canvas.factors import engine
 from trade_canvas.factors import replay_package as rp
 from trade_canvas.errors import InvalidInput
+from trade_canvas.series import parse_series_id
 from trade_canvas.storage import DRAW_PATCH_LIMIT, CandleStore
 
 logger = logging.getLogger(__name__)
@@ -253,8 +254,8 @@ def build_package(
     """Read the ledgers, build the package and write it; returns the build figures."""
     started = time.perf_counter()
     spec, bars = request.spec, request.bars
-    sid, tf = spec.series_id, spec.timeframe_s
-    begin = bars[0].candle_time - spec.window_candles * tf
+    sid, tf = spec.series_id, parse_series_id(spec.series_id).timeframe
+    begin = tf.window_start(bars[0].candle_time, spec.window_candles)
     events = store.read_factor_events(sid, begin, spec.to)
     formed = store.read_latest_factor_event(sid, "zhongshu", "zhongshu.formed", begin)
     if formed is not None and formed.candle_time < begin:

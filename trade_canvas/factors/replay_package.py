@@ -41,6 +41,7 @@ from trade_canvas.candles import Candle
 from trade_canvas.factors.engine import FactorState
 from trade_canvas.factors.events import FactorEvent
 from trade_canvas.factors.slices import build_view, slices_payload
+from trade_canvas.series import Timeframe
 
 SCHEMA_VERSION = 1
 KEY_TAGS = ("replay_package_v1", "factor_snapshots_v2")
@@ -216,7 +217,7 @@ def _trim(snapshot: dict[str, Any], start: int) -> dict[str, Any]:
 
 def factor_rows(
     series_id: str, bars: Sequence[Candle], events: Sequence[FactorEvent],
-    history: Sequence[Candle], state: FactorState | None, window_candles: int, tf: int,
+    history: Sequence[Candle], state: FactorState | None, window_candles: int, tf: Timeframe,
     pause: Callable[[], None] = lambda: None,
 ) -> list[dict[str, Any]]:
     """Return the deduplicated factor snapshot rows at every bar, ascending.
@@ -237,7 +238,7 @@ def factor_rows(
     result: list[dict[str, Any]] = []
     for n, bar in enumerate(bars):
         t = bar.candle_time
-        window_start = t - window_candles * tf
+        window_start = tf.window_start(t, window_candles)
         lo = bisect.bisect_left(event_times, window_start)
         visible = rows[lo:bisect.bisect_right(event_times, t)]
         k = bisect.bisect_right(formed_times, t) - 1

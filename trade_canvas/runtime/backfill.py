@@ -45,22 +45,22 @@ def backfill(
     progress: Callable[[int], None] = lambda n: None,
 ) -> int:
     """Fetch and store every closed candle in ``[since, until)``; returns candles written."""
-    step = series.timeframe.seconds
+    tf = series.timeframe
     market, symbol = series.market, binance.to_binance_symbol(series.symbol)
-    interval = binance.check_interval(series.timeframe)
+    interval = binance.check_interval(tf)
     page = binance.limits_for(market).klines_max_limit
     written = 0
-    start = align_time(since + step - 1, series.timeframe)
-    while start < until:
-        end = min(start + step * (page - 1), until - step)
-        expected = (end - start) // step + 1
+    start, last = tf.ceil(since), tf.previous_open(until)  # the last one closed by ``until``
+    while start <= last:
+        end = min(tf.shift(start, page - 1), last)
+        expected = tf.steps_between(start, end) + 1
         if len(store.read_range(series.text, start, end)) < expected:
             candles = _fetch(rest, market, symbol, interval, start, end, page)
             if candles:
                 store.upsert_candles(series.text, candles)
                 written += len(candles)
         progress(expected)
-        start = end + step
+        start = tf.next_open(end)
     return written
 
 
@@ -102,9 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     rest = BinanceRest({"spot": settings.binance_spot_base_url,
                         "futures": settings.binance_futures_base_url},
                        timeout_s=settings.binance_rest_timeout_s)
-    step = series.timeframe.seconds
     until = args.until or align_time(int(time.time()), series.timeframe)
-    total = max(0, (until - args.since) // step)
+    total = max(0, series.timeframe.steps_between(series.timeframe.ceil(args.since), until))
     try:
         with tqdm(total=total, unit="candle", desc=series.text) as bar:
             written = backfill(store, rest, series, args.since, until, bar.update)

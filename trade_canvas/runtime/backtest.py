@@ -166,7 +166,7 @@ class Backtests:
         try:
             series_id = bt.series_id_for(spec, request.timeframe, trading_mode)
         except InvalidInput:
-            return None  # 1M: the store has no such series
+            return None  # a timeframe the store cannot hold
         candles = self._read_for_export(series_id, request)
         if candles:
             path = self._ask(ExportCandles(request.pair, request.timeframe, tuple(candles)),
@@ -187,10 +187,10 @@ class Backtests:
         try:
             series = parse_series_id(bt.series_id_for(spec, request.timeframe, trading_mode))
         except InvalidInput:
-            return None  # 1M: the store has no such series
-        tf = series.timeframe.seconds
+            return None  # a timeframe the store cannot hold
         closed = expected_latest_closed_time(int(time.time()), series.timeframe)
-        first, last = bt.export_window(request.timerange, tf, closed, EXPORT_MAX_CANDLES,
+        first, last = bt.export_window(request.timerange, series.timeframe, closed,
+                                       EXPORT_MAX_CANDLES,
                                        EXPORT_WARMUP_CANDLES)
 
         def progress(done: int, total: int) -> None:
@@ -213,8 +213,8 @@ class Backtests:
         head = self.store.head_time(series_id)
         if head is None:
             return []
-        tf_s = parse_timeframe(request.timeframe).seconds
-        first, last = bt.export_window(request.timerange, tf_s, head, EXPORT_MAX_CANDLES,
+        tf = parse_timeframe(request.timeframe)
+        first, last = bt.export_window(request.timerange, tf, head, EXPORT_MAX_CANDLES,
                                        EXPORT_WARMUP_CANDLES)
         candles: list[Candle] = []
         since = first - 1  # read_since is exclusive

@@ -11,7 +11,6 @@ a series with no candle in ``[at_time - window, at_time]`` answers the empty bod
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 from trade_canvas.candles import Candle
@@ -58,7 +57,7 @@ def draw_delta(
     to_time = candles[-1].candle_time
     if head is None or head < to_time:
         raise Conflict("ledger_out_of_sync:overlay")
-    start = to_time - window * series.timeframe.seconds
+    start = series.timeframe.window_start(to_time, window)
     current = draw.render(_view(store, series, to_time, window, candles, head), start)
     patch = [v.to_dict() for v in store.read_draw_versions(sid, cursor, to_time)]
     active = draw.active_ids(current, start, to_time)
@@ -67,13 +66,13 @@ def draw_delta(
 
 def health(store: CandleStore, series: SeriesId) -> dict[str, Any]:
     """Return the ``GET /api/factor/health`` body (store head vs factor/overlay head)."""
-    tf = series.timeframe.seconds
+    tf = series.timeframe.seconds  # nominal for calendar months
     store_head = store.head_time(series.text)
     factor_head = store.factor_head_time(series.text)
-    seconds = None
+    seconds = candles = None
     if store_head is not None and factor_head is not None:
         seconds = max(0, store_head - factor_head)
-    candles = None if seconds is None else math.ceil(seconds / tf)
+        candles = max(0, series.timeframe.steps_between(factor_head, store_head))
     status, reason = _status(store_head, factor_head, candles)
     return {
         "series_id": series.text, "timeframe_seconds": tf,
@@ -101,7 +100,7 @@ def _status(store_head: int | None, factor_head: int | None, lag: int | None) ->
 def _window_candles(
     store: CandleStore, series: SeriesId, at_time: int, window: int
 ) -> list[Candle]:
-    return store.read_range(series.text, at_time - window * series.timeframe.seconds, at_time)
+    return store.read_range(series.text, series.timeframe.window_start(at_time, window), at_time)
 
 
 def _view(
@@ -109,7 +108,7 @@ def _view(
     candles: Sequence[Candle], head: int,
 ) -> FactorView:
     sid = series.text
-    start = at - window * series.timeframe.seconds
+    start = series.timeframe.window_start(at, window)
     rows = store.read_factor_events(sid, start, at)
     # the alive zone may have formed before the window: its formed event comes from further back
     formed = store.read_latest_factor_event(sid, "zhongshu", "zhongshu.formed", at)

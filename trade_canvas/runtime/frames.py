@@ -20,7 +20,7 @@ from trade_canvas.storage import CandleStore
 
 def floor_time(store: CandleStore, series: SeriesId, t: int, window: int) -> int | None:
     """Return the newest stored candle time at or before ``t`` within ``window`` candles."""
-    rows = store.read_range(series.text, t - window * series.timeframe.seconds, t)
+    rows = store.read_range(series.text, series.timeframe.window_start(t, window), t)
     return rows[-1].candle_time if rows else None
 
 

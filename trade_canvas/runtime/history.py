@@ -18,7 +18,7 @@ from trade_canvas.actors.rest import BinanceRest, RateLimited
 from trade_canvas.candles import Candle
 from trade_canvas.errors import TradeCanvasError, UpstreamError
 from trade_canvas.exchanges import binance
-from trade_canvas.series import SeriesId, align_time
+from trade_canvas.series import SeriesId
 from trade_canvas.storage import CandleStore
 
 logger = logging.getLogger(__name__)
@@ -39,10 +39,11 @@ def quiet_ingest(ingest: Callable[..., object]) -> Ingest:
 
 def missing_times(store: CandleStore, series: SeriesId, start: int, end: int) -> list[int]:
     """Return the open times in ``[start, end]`` with no stored candle, ascending."""
-    step = series.timeframe.seconds
-    first = align_time(start + step - 1, series.timeframe)
-    have = {c.candle_time for c in store.read_range(series.text, first, end)}
-    return [t for t in range(first, end + 1, step) if t not in have]
+    expected = series.timeframe.open_times(start, end)
+    if not expected:
+        return []
+    have = {c.candle_time for c in store.read_range(series.text, expected[0], end)}
+    return [t for t in expected if t not in have]
 
 
 def fill_range(
@@ -59,7 +60,7 @@ def fill_range(
     """
     if series.exchange != "binance":
         raise UpstreamError(f"no exchange to fetch {series.text} from (only binance series)")
-    step = series.timeframe.seconds
+    tf = series.timeframe
     market, symbol = series.market, binance.to_binance_symbol(series.symbol)
     interval = binance.check_interval(series.timeframe)
     page = binance.limits_for(market).klines_max_limit
@@ -68,7 +69,7 @@ def fill_range(
     progress(0, len(missing))
     while index < len(missing):
         cursor = missing[index]
-        stop = min(end, cursor + step * (page - 1))
+        stop = min(end, tf.shift(cursor, page - 1))
         candles = _fetch(rest, market, symbol, interval, cursor, stop, page)
         if candles:
             ingest(series, candles)

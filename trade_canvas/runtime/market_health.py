@@ -8,6 +8,7 @@ Reads only: nothing here asks an actor or writes.
 
 from __future__ import annotations
 
+import bisect
 import math
 from typing import Any, Iterable
 
@@ -38,9 +39,11 @@ def kline_health(
     if head is not None:
         lag = max(0, now - head)
         missing = max(0, expected - head)
-        if missing and now - (expected + tf.seconds) < GRACE_SECONDS and missing <= tf.seconds:
+        behind = tf.steps_between(head, expected)
+        if missing and now - tf.next_open(expected) < GRACE_SECONDS and behind <= 1:
             missing = 0  # only the bucket that closed a moment ago is missing
-        candles = math.ceil(missing / tf.seconds)
+        candles = behind if missing else 0
+    # The fill record counts seconds: its candle figures use a month's nominal 31 days.
     block = backfill_block(fill, missing, tf.seconds, now, recent_s)
     status, reason = lamp_status(head, expected, missing, block)
     return {
@@ -124,10 +127,9 @@ def find_gaps(times: Iterable[int], tf: Timeframe) -> list[dict[str, int]]:
     gaps: list[dict[str, int]] = []
     previous: int | None = None
     for t in times:
-        if previous is not None and t - previous > tf.seconds:
-            delta = t - previous
-            gaps.append({"prev_time": previous, "next_time": t, "delta_seconds": delta,
-                         "missing_candles": delta // tf.seconds - 1})
+        if previous is not None and t > tf.next_open(previous):
+            gaps.append({"prev_time": previous, "next_time": t, "delta_seconds": t - previous,
+                         "missing_candles": tf.steps_between(previous, t) - 1})
         previous = t
     return gaps
 
@@ -139,14 +141,17 @@ def _completeness(
     if tf.seconds <= 60 or base_head is None:
         return []
     minute = parse_timeframe("1m")
-    last = base_head - (base_head - tf.offset) % tf.seconds
-    first = last - (buckets - 1) * tf.seconds
-    present = {c.candle_time for c in store.read_range(base, first, last + tf.seconds - 1)}
+    last = tf.align(base_head)
+    first = tf.shift(last, 1 - buckets)
+    # Sorted 1m open times (all on minute boundaries): a bucket's count is two bisections.
+    present = [c.candle_time for c in store.read_range(base, first, tf.next_open(last) - 1)]
     rows = []
     for k in range(buckets):
-        open_time = first + k * tf.seconds
-        expected = tf.seconds // minute.seconds
-        actual = sum(1 for m in range(expected) if open_time + m * 60 in present)
+        open_time = tf.shift(first, k)
+        close_time = tf.next_open(open_time)
+        expected = (close_time - open_time) // minute.seconds
+        actual = (bisect.bisect_left(present, close_time)
+                  - bisect.bisect_left(present, open_time))
         rows.append({"bucket_open_time": open_time, "expected_minutes": expected,
                      "actual_minutes": actual, "missing_minutes": expected - actual})
     return rows

@@ -236,9 +236,9 @@ class BoardCollector:
             pinned[bool(view.get("pinned"))] += 1
             last = view.get("last_closed_time")
             if last is not None:
-                # A candle opened at T closes at T + width; lag counts from that close.
-                step = parse_series_id(sid).timeframe.seconds
-                lag.add(sid, max(0.0, now - (last + step)))
+                # A candle opened at T closes when the next opens; lag counts from that close.
+                closes = parse_series_id(sid).timeframe.next_open(last)
+                lag.add(sid, max(0.0, now - closes))
             filled.add(sid, view.get("filled", 0))
             errors.add(sid, view.get("rest_errors", 0))
             holes.add(sid, view.get("unfilled_holes", 0))

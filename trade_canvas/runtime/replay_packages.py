@@ -60,7 +60,7 @@ class ReplayPackages:
     # -- reads of the store
 
     def _floor(self, series: SeriesId, t: int) -> int | None:
-        rows = self.store.read_range(series.text, t - 5000 * series.timeframe.seconds, t)
+        rows = self.store.read_range(series.text, series.timeframe.window_start(t, 5000), t)
         return rows[-1].candle_time if rows else None
 
     def _cut_off(self, series: SeriesId, to_time: int | None) -> int:
@@ -72,7 +72,7 @@ class ReplayPackages:
 
     def newest_bars(self, series: SeriesId, to: int, count: int) -> list[Candle]:
         """Return the newest ``count`` stored candles at or before ``to`` (fewer if not stored)."""
-        span = count * series.timeframe.seconds
+        span = count * series.timeframe.seconds  # a month's nominal width is its longest
         for widen in (1, 2, 8, 32):
             bars = self.store.read_range(series.text, to - span * widen + 1, to)
             if len(bars) >= count:
@@ -217,15 +217,15 @@ class ReplayPackages:
         return {"status": "building", "job_id": job_id, "error": None}
 
     def _cover(self, job: Job, series: SeriesId, to: int, target: int) -> None:
-        tf = series.timeframe.seconds
-        closed = expected_latest_closed_time(int(self.clock()), series.timeframe)
+        tf = series.timeframe
+        closed = expected_latest_closed_time(int(self.clock()), tf)
         end = min(to, closed)
 
         def progress(done: int, total: int) -> None:
             job.info.update(progress_done=done, progress_total=total)
 
         failure = ""
-        start = end - target * tf - tf
+        start = tf.window_start(end, target + 1)
         ready = 0
         try:
             # Bars are counted, not spanned: over a real exchange gap, reach further back (a
@@ -236,7 +236,7 @@ class ReplayPackages:
                 ready = len(self.newest_bars(series, to, target))
                 if ready >= target:
                     break
-                start -= max(target - ready, 1) * tf * 2
+                start = tf.window_start(start, max(target - ready, 1) * 2)
         except TradeCanvasError as exc:
             failure = f": {exc}"
         ready = len(self.newest_bars(series, to, target))
