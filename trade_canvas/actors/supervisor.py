@@ -89,6 +89,7 @@ class Supervisor(pykka.ThreadingActor):
         cluster: bool = False,
         series_idle_ttl_s: float = 300.0,
         max_series: int = 0,
+        on_reaped: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
         self.blueprint = blueprint
@@ -112,6 +113,7 @@ class Supervisor(pykka.ThreadingActor):
         self.wanted: frozenset[str] = frozenset()
         self.series_idle_ttl_s = series_idle_ttl_s
         self.max_series = max_series
+        self.on_reaped = on_reaped  # after a tick that stopped idle groups (memory release)
         self.record = ChildRecord(kind="supervisor", series_id=None, start=lambda link: self.actor_ref)
 
     def on_start(self) -> None:
@@ -341,6 +343,8 @@ class Supervisor(pykka.ThreadingActor):
             elif now - group.touched >= self.series_idle_ttl_s and reaped < REAP_PER_TICK:
                 self._stop_series(series_id, f"idle for {self.series_idle_ttl_s:g}s")
                 reaped += 1
+        if reaped and self.on_reaped is not None:
+            self.on_reaped()
 
     def _make_room(self) -> None:
         """Stop the longest-unused idle group if the cap is reached.
