@@ -284,6 +284,7 @@ class FactorActor(pykka.ThreadingActor):
         if self.rebuilding:
             self._finish_rebuild()
 
+    @FACTOR_FOLD_SECONDS.time()
     def _fold_slice(self, candles: Sequence[Candle]) -> int:
         """Fold a prefix of ``candles`` that takes about ``slice_s`` of CPU; return its length.
 
