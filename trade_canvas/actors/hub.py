@@ -132,7 +132,7 @@ class Outbox:
         if self.closed:
             return False
         if self.direct is not None and not self._items and not self._sending:
-            data = b"".join(frame.wire() for frame in frames)
+            data = frames[0].wire() if len(frames) == 1 else b"".join(f.wire() for f in frames)
             sent = self.direct(data)
             if sent >= len(data):
                 return True
@@ -357,21 +357,22 @@ class SubscriberHub(pykka.ThreadingActor):
         if not candles:
             return
         times = [c.candle_time for c in candles]
-        memo: dict[tuple[int, int | None, bool], list[Frame]] = {}
+        last = times[-1]
+        # Subscribers that kept up share a cursor, so what to send is worked out once per
+        # (cursor, batch support), not per subscriber: the loop below is the per-socket cost.
+        memo: dict[tuple[int | None, bool], list[Frame] | None] = {}
         sent = 0
         for sub in list(self.state.subscriptions.values()):
-            start = 0 if sub.cursor is None else bisect.bisect_right(times, sub.cursor)
-            if start >= len(candles):
-                continue
-            gap_after = sub.cursor
-            if gap_after is not None and times[start] <= self.timeframe.next_open(gap_after):
-                gap_after = None
-            key = (start, gap_after, sub.supports_batch)
-            frames = memo.get(key)
+            key = (sub.cursor, sub.supports_batch)
+            try:
+                frames = memo[key]
+            except KeyError:
+                frames = memo[key] = self._frames_after(candles, times, sub.cursor,
+                                                        sub.supports_batch)
             if frames is None:
-                frames = memo[key] = self._live_frames(candles[start:], gap_after, sub.supports_batch)
+                continue
             if sub.outbox.offer(frames):
-                sub.cursor = times[-1]
+                sub.cursor = last
                 sent += len(frames)
             else:
                 self._drop(sub)
@@ -379,6 +380,18 @@ class SubscriberHub(pykka.ThreadingActor):
             instruments.WS_MESSAGES_SENT.inc(sent)
             if committed_at:
                 instruments.FANOUT_SECONDS.observe(time.monotonic() - committed_at)
+
+    def _frames_after(
+        self, candles: Sequence[Candle], times: list[int], cursor: int | None,
+        supports_batch: bool,
+    ) -> list[Frame] | None:
+        start = 0 if cursor is None else bisect.bisect_right(times, cursor)
+        if start >= len(candles):
+            return None  # already sent
+        gap_after = cursor
+        if gap_after is not None and times[start] <= self.timeframe.next_open(gap_after):
+            gap_after = None
+        return self._live_frames(candles[start:], gap_after, supports_batch)
 
     def _live_frames(
         self, candles: Sequence[Candle], gap_after: int | None, supports_batch: bool
