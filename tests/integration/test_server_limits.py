@@ -216,3 +216,29 @@ def test_serving_beyond_loopback_without_a_token_is_refused_at_boot(tmp_path) ->
     assert done.returncode == 2
     assert "refusing to serve on 0.0.0.0 without TRADE_CANVAS_API_TOKEN" in done.stderr
     assert not (tmp_path / "m.db").exists()  # nothing started
+
+
+def test_an_answer_leaves_in_one_write_and_empty_answers_are_not_held(start_server) -> None:
+    """The worker holds an answer's head for its body (one system call per answer)."""
+    import socket as socket_module
+
+    server = start_server()
+    with socket_module.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        for _ in range(3):  # keep-alive: each answer complete before the next request
+            sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += sock.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            while len(body) < length:
+                body += sock.recv(65536)
+            assert head.startswith(b"HTTP/1.1 200") and body.startswith(b"{")
+        # an answer without a body (a preflight) is sent when the request is done
+        sock.sendall(b"OPTIONS /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Origin: http://localhost:5173\r\nAccess-Control-Request-Method: GET\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        assert data.startswith(b"HTTP/1.1 ")

@@ -434,6 +434,7 @@ IGNORED_NAMES = (
 
 
 @functools.lru_cache(maxsize=1024)  # asked on every request, with few distinct names
+@functools.lru_cache(maxsize=256)  # asked twice per request with the same few names
 def is_loopback(name: str) -> bool:
     """Whether a host name or address (as bound, or as a Host header names it) is loopback."""
     name = name.strip().lower().strip("[]")

@@ -114,6 +114,7 @@ class ClientSocket:
         self.deadline: float | None = time.monotonic() + timeout_s
         self.received = False  # bytes of the current request arrived
         self.close_after = False  # close once the current answer is written
+        self._held: bytes | None = None  # an answer head waiting for its body (see sendall)
         self._release: Callable[[], None] | None = release
 
     def recv(self, size: int, flags: int = 0) -> bytes:
@@ -135,6 +136,31 @@ class ClientSocket:
             self.raw.settimeout(None)
         self.received = self.received or bool(data)
         return data
+
+    def sendall(self, data: bytes, flags: int = 0) -> None:
+        """Send ``data``; an answer's head waits for its body, so both leave in one write.
+
+        gunicorn writes the head and the body of every answer with a ``sendall`` each: two
+        system calls (and two buffer-size queries in gevent's ``sendall``) where one does. Only
+        a head announcing a Content-Length is held (its body follows at once); streamed answers
+        (SSE, chunked) and everything else go out as they come. ``flush`` sends a held head
+        whose body never came (an empty answer) once the request is done.
+        """
+        held, self._held = self._held, None
+        if held is not None:
+            data = held + data
+        elif _is_sized_head(data):
+            self._held = data
+            return
+        sent = self.raw.send(data, flags)  # usually all of it: no buffer-size query
+        if sent < len(data):
+            self.raw.sendall(data[sent:], flags)
+
+    def flush(self) -> None:
+        """Send a held answer head."""
+        held, self._held = self._held, None
+        if held is not None:
+            self.raw.sendall(held)
 
     def _expire(self) -> NoReturn:
         self.close_after = True
@@ -174,6 +200,12 @@ def linger_close(sock: Any, timeout_s: float = 1.0, limit: int = 256 * 1024) -> 
         pass
     finally:
         util.close(sock)
+
+
+def _is_sized_head(data: bytes) -> bool:
+    """Whether ``data`` is a complete answer head with a Content-Length (a body follows)."""
+    return (data[:7] == b"HTTP/1." and data[-4:] == b"\r\n\r\n" and len(data) < 8192
+            and b"\r\ncontent-length:" in data.lower())
 
 
 def _has_body(environ: dict[str, Any]) -> bool:
@@ -258,7 +290,11 @@ class Worker(GeventWorker):  # type: ignore[misc]
             sock.release()
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> bool:
-        keep_alive: bool = super().handle_request(listener_name, req, sock, addr)
+        try:
+            keep_alive: bool = super().handle_request(listener_name, req, sock, addr)
+        finally:
+            if isinstance(sock, ClientSocket):
+                sock.flush()
         if isinstance(sock, ClientSocket):
             if sock.close_after:
                 sock.release()  # answered: a lingering close holds no slot of the client's
