@@ -1,8 +1,14 @@
-"""Binance REST over HTTP with one shared request-weight limiter per host.
+"""Binance REST over HTTP: one client, one shared request-weight limiter per host, klines ranges.
 
-Every REST caller (feed backfills, gap fills, top markets) goes through the same ``RestLimiter``
-of a host, so no feature can spend another's budget or get the IP banned: requests wait for
-weight in the current minute, and a 429/418 with Retry-After blocks the whole host until then.
+Every REST caller (feed tail and gap fills, history fills, the ``backfill`` command, markets,
+top markets) goes through the same ``RestLimiter`` of a host, so no feature can spend another's
+budget or get the IP banned: requests wait for weight in the current minute, and a 429/418 with
+Retry-After blocks the whole host until then. ``klines_range`` is the one place that pages
+klines over a time range and retries a failed page.
+
+This module does network I/O, so it is not part of the pure ``exchanges/`` package: the wire
+format (request paths, response parsing, limits) stays in ``exchanges/binance.py`` and this
+module only sends what the codec builds.
 """
 
 from __future__ import annotations
@@ -12,16 +18,21 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Callable
+from typing import Callable, TypeVar
 from urllib.parse import urlsplit
 
 from trade_canvas.candles import Candle
-from trade_canvas.errors import Unavailable, UpstreamError
+from trade_canvas.config import Settings
+from trade_canvas.errors import TradeCanvasError, Unavailable, UpstreamError
 from trade_canvas.exchanges import binance
+from trade_canvas.series import SeriesId
 
 logger = logging.getLogger(__name__)
 
 USER_AGENT = "trade_canvas/0.1"
+ATTEMPTS = 4  # tries of one klines page before the caller gets UpstreamError
+MAX_RETRY_WAIT_S = 30.0
+T = TypeVar("T")
 
 
 class RateLimited(Unavailable):
@@ -102,6 +113,7 @@ class BinanceRest:
     """GET requests to Binance spot/futures REST, limited per host."""
 
     def __init__(self, base_urls: dict[str, str], timeout_s: float = 10.0) -> None:
+        """Build a client for ``{market: base url}``; one limiter per distinct host."""
         self.base_urls = base_urls
         self.timeout_s = timeout_s
         self.limiters: dict[str, RestLimiter] = {}
@@ -110,6 +122,13 @@ class BinanceRest:
             limits = binance.limits_for(market)
             if host not in self.limiters:
                 self.limiters[host] = RestLimiter(limits.request_weight_per_minute)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BinanceRest:
+        """Build the client of the configured spot and futures base URLs."""
+        return cls({"spot": settings.binance_spot_base_url,
+                    "futures": settings.binance_futures_base_url},
+                   timeout_s=settings.binance_rest_timeout_s)
 
     def limiter(self, market: str) -> RestLimiter:
         """Return the limiter of a market's host."""
@@ -158,6 +177,59 @@ class BinanceRest:
         """Fetch one page of klines (open-time inclusive bounds)."""
         request = binance.klines_request(market, symbol, interval, start_ms, end_ms, limit)
         return binance.parse_klines(self.get(market, request))
+
+    def klines_range(
+        self, series: SeriesId, start: int, end: int, *, limit: int | None = None,
+        attempts: int = ATTEMPTS, on_error: Callable[[Exception], None] = lambda exc: None,
+    ) -> list[Candle]:
+        """Fetch the candles of a Binance series with open times in ``[start, end]``.
+
+        Pages forward from ``start`` (``limit`` rows a request, the market's maximum by
+        default) until ``end`` or a short page; each page is retried with backoff.
+
+        Raises:
+            UpstreamError: a page failed ``attempts`` times (``on_error`` saw each failure).
+        """
+        market, symbol = series.market, binance.to_binance_symbol(series.symbol)
+        interval = binance.check_interval(series.timeframe)
+        limit = limit or binance.limits_for(market).klines_max_limit
+        what = f"klines {market} {symbol} {interval}"
+        result: list[Candle] = []
+        cursor = start
+        while cursor <= end:
+            page = retrying(
+                lambda: self.klines(market, symbol, interval, cursor * 1000, end * 1000, limit),
+                f"{what} {cursor}..{end}", attempts, on_error)
+            result.extend(c for c in page if start <= c.candle_time <= end)
+            if len(page) < limit:
+                break  # Binance sends a full page unless the range has no more rows
+            cursor = series.timeframe.next_open(page[-1].candle_time)
+        return result
+
+
+def retrying(
+    call: Callable[[], T], what: str, attempts: int = ATTEMPTS,
+    on_error: Callable[[Exception], None] = lambda exc: None,
+) -> T:
+    """Run a REST call, waiting out rate limits and backing off on upstream errors.
+
+    Raises:
+        UpstreamError: the call failed ``attempts`` times.
+    """
+    reason: Exception = UpstreamError("no attempt")
+    for attempt in range(attempts):
+        try:
+            return call()
+        except RateLimited as exc:
+            wait, reason = exc.retry_after_s, exc
+        except TradeCanvasError as exc:
+            wait, reason = 0.5 * 2**attempt, exc
+        on_error(reason)
+        if attempt < attempts - 1:
+            logger.warning("%s failed (attempt %d: %s); retrying in %.1fs", what, attempt + 1,
+                           reason, wait)
+            time.sleep(min(wait, MAX_RETRY_WAIT_S))
+    raise UpstreamError(f"exchange unreachable: {what} failed {attempts} times ({reason})")
 
 
 def _retry_after(value: str | None, default: float) -> float:

@@ -17,10 +17,11 @@ from trade_canvas.actors.messages import (
     StoreFailed,
 )
 from trade_canvas.actors.store import StoreActor
+from trade_canvas.binance_rest import BinanceRest
 from trade_canvas.candles import Candle
 from trade_canvas.errors import Unavailable
 from trade_canvas.exchanges.binance import KlineUpdate
-from trade_canvas.lifecycle import FeedJob
+from trade_canvas.feed_demand import FeedJob
 from trade_canvas.series import parse_series_id
 from tests.fakes.store import MemoryCandleStore
 
@@ -35,10 +36,11 @@ def kline(t: int, closed: bool = True) -> KlineReceived:
     return KlineReceived(KlineUpdate("BTCUSDT", "1m", c(t), closed, t * 1000, t * 1000 + 59_999))
 
 
-class Exchange:
-    """REST klines over a fixed list of closed candles."""
+class Exchange(BinanceRest):
+    """REST klines over a fixed list of closed candles (the real client's paging on top)."""
 
     def __init__(self, candles: Sequence[Candle]) -> None:
+        super().__init__({})
         self.candles = list(candles)
 
     def klines(self, market: str, symbol: str, interval: str, start_ms: int | None = None,

@@ -10,7 +10,7 @@ from trade_canvas.actors.child import ChildLink, ChildState, StatusBoard
 from trade_canvas.actors.messages import AcquireFeed, Crash, EnsureSeries, Tick
 from trade_canvas.actors.supervisor import Supervisor
 from trade_canvas.errors import CapacityExceeded
-from trade_canvas.lifecycle import FeedDemand
+from trade_canvas.feed_demand import FeedDemand
 from trade_canvas.series import parse_series_id
 
 A = parse_series_id("binance:spot:A/USDT:1m")

@@ -1,7 +1,7 @@
 import pytest
 
 from trade_canvas.errors import CapacityExceeded
-from trade_canvas.lifecycle import FeedDemand
+from trade_canvas.feed_demand import FeedDemand
 
 
 def test_refcount_and_idle_reap() -> None:

@@ -35,12 +35,12 @@ from trade_canvas.actors.messages import (
     StoreFailed,
     StreamResumed,
 )
-from trade_canvas.actors.rest import BinanceRest, RateLimited
+from trade_canvas.binance_rest import BinanceRest, retrying
 from trade_canvas.actors.store import RefLookup, tell
 from trade_canvas.candles import Candle, dedupe_sorted
-from trade_canvas.errors import TradeCanvasError
+from trade_canvas.errors import UpstreamError
 from trade_canvas.exchanges import binance
-from trade_canvas.lifecycle import FeedJob
+from trade_canvas.feed_demand import FeedJob
 from trade_canvas.series import SeriesId, expected_latest_closed_time
 from trade_canvas.storage import CandleStore
 
@@ -205,22 +205,16 @@ class FeedActor(pykka.ThreadingActor):
         self.retry_at = self.clock() + STORE_RETRY_S
 
     def _rest(self, call: Callable[[], list[Candle]], what: str) -> list[Candle] | None:
-        """Run a REST call, retrying rate limits and upstream errors with backoff."""
-        for attempt in range(REST_ATTEMPTS):
-            try:
-                return call()
-            except RateLimited as exc:
-                wait, reason = exc.retry_after_s, exc
-            except TradeCanvasError as exc:
-                wait, reason = 0.5 * 2**attempt, exc
-            self.counters["rest_errors"] += 1
-            logger.warning("feed %s: %s failed (attempt %d: %s); retrying in %.1fs",
-                           self.series.text, what, attempt + 1, reason, wait)
-            time.sleep(min(wait, 30.0))
-        logger.error("feed %s: %s failed %d times; will retry later", self.series.text, what,
-                     REST_ATTEMPTS)
-        return None
+        """Run a REST call with the client's retries; None once they are spent."""
+        try:
+            return call()
+        except UpstreamError:
+            logger.error("feed %s: %s failed %d times; will retry later", self.series.text, what,
+                         REST_ATTEMPTS)
+            return None
 
+    def _rest_error(self, exc: Exception) -> None:
+        self.counters["rest_errors"] += 1
     def _retry_holes(self) -> list[Candle]:
         holes, self.holes = self.holes, []
         found: list[Candle] = []
@@ -231,7 +225,9 @@ class FeedActor(pykka.ThreadingActor):
     def _fill_tail(self) -> None:
         """Store the closed candles between the last stored one and now (at most ``tail_max``)."""
         self._note_fill("running", "tail_coverage")
-        candles = self._rest(self._tail_candles, "tail fill")
+        candles = self._rest(
+            lambda: retrying(self._tail_candles, f"feed {self.series.text}: tail fill",
+                             REST_ATTEMPTS, self._rest_error), "tail fill")
         if candles is None:
             self._note_fill("failed", "tail_coverage", "rest requests kept failing")
             return
@@ -283,7 +279,10 @@ class FeedActor(pykka.ThreadingActor):
 
     def _fetch_range(self, start: int, end: int) -> list[Candle]:
         """Fetch closed candles with open times in ``[start, end]`` (the hole before a frame)."""
-        result = self._rest(lambda: self._pages(start, end), f"gap fill {start}..{end}")
+        result = self._rest(
+            lambda: self.rest.klines_range(self.series, start, end, limit=self.max_limit,
+                                           attempts=REST_ATTEMPTS, on_error=self._rest_error),
+            f"gap fill {start}..{end}")
         if result is None:
             self.holes.append((start, end))
             return []
@@ -291,15 +290,3 @@ class FeedActor(pykka.ThreadingActor):
         logger.info("feed %s: gap %d..%d filled with %d candles", self.series.text, start, end,
                     len(result))
         return result
-
-    def _pages(self, start: int, end: int) -> list[Candle]:
-        result: list[Candle] = []
-        cursor = start
-        while cursor <= end:
-            page = self.rest.klines(self.market, self.symbol, self.interval,
-                                    start_ms=cursor * 1000, end_ms=end * 1000, limit=self.max_limit)
-            if not page:
-                break
-            result.extend(page)
-            cursor = self.timeframe.next_open(page[-1].candle_time)
-        return [c for c in result if start <= c.candle_time <= end]

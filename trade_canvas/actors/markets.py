@@ -55,7 +55,7 @@ from trade_canvas.actors.messages import (
     UnwatchTopMarkets,
     WatchTopMarkets,
 )
-from trade_canvas.actors.rest import BinanceRest
+from trade_canvas.binance_rest import BinanceRest
 from trade_canvas.errors import CapacityExceeded, Unavailable, UpstreamError
 from trade_canvas.exchanges import binance, binance_markets
 

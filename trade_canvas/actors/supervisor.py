@@ -37,7 +37,7 @@ from trade_canvas.actors.messages import (
     WantLeases,
 )
 from trade_canvas.errors import CapacityExceeded
-from trade_canvas.lifecycle import FeedDemand, FeedJob
+from trade_canvas.feed_demand import FeedDemand, FeedJob
 from trade_canvas.series import SeriesId, parse_series_id
 
 logger = logging.getLogger(__name__)

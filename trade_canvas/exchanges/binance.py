@@ -539,3 +539,17 @@ def decode_json_body(body: bytes | str | object) -> object:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
         raise UpstreamError("binance response is not valid JSON") from None
+
+
+def followable(series: SeriesId) -> bool:
+    """Whether a live feed exists for the series (only Binance spot and USD-M futures).
+
+    Raises:
+        InvalidInput: a Binance series whose market or timeframe Binance does not offer.
+    """
+    if series.exchange != "binance":
+        return False
+    limits_for(series.market)
+    check_interval(series.timeframe)
+    to_binance_symbol(series.symbol)
+    return True

@@ -18,7 +18,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from trade_canvas.actors.rest import BinanceRest, RateLimited
+from trade_canvas.binance_rest import BinanceRest
 from trade_canvas.config import load_settings
 from trade_canvas.errors import TradeCanvasError
 from trade_canvas.exchanges import binance
@@ -27,6 +27,8 @@ from trade_canvas.series import SeriesId, align_time, parse_series_id
 from trade_canvas.storage import CandleStore
 
 logger = logging.getLogger(__name__)
+
+ATTEMPTS = 6  # a long unattended run waits out more failures than a live fill
 
 
 def parse_date(text: str) -> int:
@@ -44,41 +46,26 @@ def backfill(
     store: CandleStore, rest: BinanceRest, series: SeriesId, since: int, until: int,
     progress: Callable[[int], None] = lambda n: None,
 ) -> int:
-    """Fetch and store every closed candle in ``[since, until)``; returns candles written."""
+    """Fetch and store every closed candle in ``[since, until)``; returns candles written.
+
+    Raises:
+        UpstreamError: a page kept failing (the next run resumes there).
+    """
     tf = series.timeframe
-    market, symbol = series.market, binance.to_binance_symbol(series.symbol)
-    interval = binance.check_interval(tf)
-    page = binance.limits_for(market).klines_max_limit
+    page = binance.limits_for(series.market).klines_max_limit
     written = 0
     start, last = tf.ceil(since), tf.previous_open(until)  # the last one closed by ``until``
     while start <= last:
         end = min(tf.shift(start, page - 1), last)
         expected = tf.steps_between(start, end) + 1
         if len(store.read_range(series.text, start, end)) < expected:
-            candles = _fetch(rest, market, symbol, interval, start, end, page)
+            candles = rest.klines_range(series, start, end, attempts=ATTEMPTS)
             if candles:
                 store.upsert_candles(series.text, candles)
                 written += len(candles)
         progress(expected)
         start = tf.next_open(end)
     return written
-
-
-def _fetch(rest: BinanceRest, market: str, symbol: str, interval: str, start: int, end: int,
-           limit: int) -> list:
-    for attempt in range(6):
-        try:
-            return [c for c in rest.klines(market, symbol, interval, start * 1000, end * 1000, limit)
-                    if start <= c.candle_time <= end]
-        except RateLimited as exc:
-            wait = exc.retry_after_s
-        except TradeCanvasError as exc:
-            if attempt == 5:
-                raise
-            wait = 2.0**attempt
-            logger.warning("klines %d..%d failed (%s); retrying in %.0fs", start, end, exc, wait)
-        time.sleep(wait)
-    raise TradeCanvasError("klines request kept failing")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,9 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     except TradeCanvasError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    rest = BinanceRest({"spot": settings.binance_spot_base_url,
-                        "futures": settings.binance_futures_base_url},
-                       timeout_s=settings.binance_rest_timeout_s)
+    rest = BinanceRest.from_settings(settings)
     until = args.until or align_time(int(time.time()), series.timeframe)
     total = max(0, series.timeframe.steps_between(series.timeframe.ceil(args.since), until))
     try:

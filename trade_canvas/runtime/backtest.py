@@ -33,7 +33,7 @@ from trade_canvas.actors.freqtrade_run import BacktestResult, freqtrade_missing
 from trade_canvas.candles import Candle
 from trade_canvas.config import Settings
 from trade_canvas.errors import InvalidInput, NotFound, Unavailable
-from trade_canvas.actors.rest import BinanceRest
+from trade_canvas.binance_rest import BinanceRest
 from trade_canvas.runtime import history
 from trade_canvas.series import (
     SeriesId, expected_latest_closed_time, parse_series_id, parse_timeframe,

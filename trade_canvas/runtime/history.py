@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import bisect
 import logging
-import time
 from typing import Callable, Sequence
 
-from trade_canvas.actors.rest import BinanceRest, RateLimited
+from trade_canvas.binance_rest import BinanceRest
 from trade_canvas.candles import Candle
-from trade_canvas.errors import TradeCanvasError, UpstreamError
+from trade_canvas.errors import UpstreamError
 from trade_canvas.exchanges import binance
 from trade_canvas.series import SeriesId
 from trade_canvas.storage import CandleStore
 
 logger = logging.getLogger(__name__)
 
-ATTEMPTS = 4
 Ingest = Callable[[SeriesId, Sequence[Candle]], object]
 Progress = Callable[[int, int], None]  # (candles covered so far, candles in the range)
 
@@ -61,38 +59,17 @@ def fill_range(
     if series.exchange != "binance":
         raise UpstreamError(f"no exchange to fetch {series.text} from (only binance series)")
     tf = series.timeframe
-    market, symbol = series.market, binance.to_binance_symbol(series.symbol)
-    interval = binance.check_interval(series.timeframe)
-    page = binance.limits_for(market).klines_max_limit
+    page = binance.limits_for(series.market).klines_max_limit
     missing = missing_times(store, series, start, end)
     written = index = 0
     progress(0, len(missing))
     while index < len(missing):
         cursor = missing[index]
         stop = min(end, tf.shift(cursor, page - 1))
-        candles = _fetch(rest, market, symbol, interval, cursor, stop, page)
+        candles = rest.klines_range(series, cursor, stop)
         if candles:
             ingest(series, candles)
             written += len(candles)
         index = bisect.bisect_right(missing, stop)
         progress(index, len(missing))
     return written
-
-
-def _fetch(rest: BinanceRest, market: str, symbol: str, interval: str, start: int, end: int,
-           limit: int) -> list[Candle]:
-    for attempt in range(ATTEMPTS):
-        try:
-            rows = rest.klines(market, symbol, interval, start * 1000, end * 1000, limit)
-            return [c for c in rows if start <= c.candle_time <= end]
-        except RateLimited as exc:
-            wait = exc.retry_after_s
-            reason: Exception = exc
-        except TradeCanvasError as exc:
-            wait, reason = 0.5 * 2**attempt, exc
-        if attempt < ATTEMPTS - 1:
-            logger.warning("klines %s %s %d..%d failed (%s); retrying in %.1fs",
-                           market, symbol, start, end, reason, wait)
-            time.sleep(min(wait, 30.0))
-    raise UpstreamError(f"exchange unreachable: klines {market} {symbol} failed {ATTEMPTS} times "
-                        f"({reason})")

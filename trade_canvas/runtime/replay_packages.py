@@ -22,7 +22,7 @@ from trade_canvas.actors.messages import RunReplayJob, StartGlobal
 from trade_canvas.actors.replay_packages import (
     KEY_RE, BuildRequest, Job, JobBoard, PackageFiles, ReplayJobActor, build_package,
 )
-from trade_canvas.actors.rest import BinanceRest
+from trade_canvas.binance_rest import BinanceRest
 from trade_canvas.actors.supervisor import SeriesGroup
 from trade_canvas.candles import Candle
 from trade_canvas.config import Settings

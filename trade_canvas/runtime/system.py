@@ -40,7 +40,7 @@ from trade_canvas.actors.messages import (
     Tick,
     Unsubscribe,
 )
-from trade_canvas.actors.rest import BinanceRest
+from trade_canvas.binance_rest import BinanceRest
 from trade_canvas.actors.store import StoreActor, tell
 from trade_canvas.actors.supervisor import SeriesGroup, Supervisor
 from trade_canvas.candles import Candle, dedupe_sorted
@@ -51,7 +51,7 @@ from trade_canvas.errors import (
     ConfigError, InvalidInput, NotFound, TradeCanvasError, Unavailable,
 )
 from trade_canvas.exchanges import binance
-from trade_canvas.lifecycle import FeedDemand, FeedJob
+from trade_canvas.feed_demand import FeedDemand, FeedJob
 from trade_canvas.runtime import factor_reads, frames, market_health
 from trade_canvas.runtime.cache import ResponseCache, WriteGenerations
 from trade_canvas.runtime.cluster import open_cluster, start_cluster
@@ -260,7 +260,7 @@ class Runtime:
     def _wants_feed(self, outbox: Outbox, series: SeriesId) -> bool:
         if not self.settings.enable_ondemand_ingest or series.text in outbox.acquired:
             return False
-        return followable(series)
+        return binance.followable(series)
 
     def _ask(self, message: Any) -> Any:
         try:
@@ -437,20 +437,6 @@ def make_blueprint(
     return blueprint
 
 
-def followable(series: SeriesId) -> bool:
-    """Whether a live feed exists for the series (only Binance spot and USD-M futures).
-
-    Raises:
-        InvalidInput: a Binance series whose market or timeframe Binance does not offer.
-    """
-    if series.exchange != "binance":
-        return False
-    binance.limits_for(series.market)
-    binance.check_interval(series.timeframe)
-    binance.to_binance_symbol(series.symbol)
-    return True
-
-
 def make_feed_blueprint(
     settings: Settings, store: CandleStore, rest: BinanceRest, globals_group: SeriesGroup
 ) -> Callable[[SeriesId, SeriesGroup, FeedJob], Any]:
@@ -504,7 +490,7 @@ def _start_feeds(runtime: Runtime) -> None:
         return
     for series_id in runtime.whitelist:
         series = parse_series_id(series_id)
-        if followable(series):
+        if binance.followable(series):
             runtime.supervisor.tell(PinFeed(series))
         else:
             logger.warning("whitelist series %s has no live feed (not a Binance series)", series_id)
@@ -528,10 +514,7 @@ def boot(settings: Settings, clock: Callable[[], float] = time.time) -> Runtime:
     store = open_store(settings)
     board = StatusBoard()
     groups: dict[str, SeriesGroup] = {}
-    rest = BinanceRest(
-        {"spot": settings.binance_spot_base_url, "futures": settings.binance_futures_base_url},
-        timeout_s=settings.binance_rest_timeout_s,
-    )
+    rest = BinanceRest.from_settings(settings)
     globals_group = SeriesGroup(None)
     generations = WriteGenerations()
     cluster = open_cluster(settings) if cluster_mode(settings) else None

@@ -16,7 +16,7 @@ import pykka
 from trade_canvas.actors.child import ChildLink
 from trade_canvas.actors.markets import MarketStream, TopMarketsActor, TopMarketsState
 from trade_canvas.actors.messages import GetTopMarkets, StartGlobal, UnwatchTopMarkets, WatchTopMarkets
-from trade_canvas.actors.rest import BinanceRest
+from trade_canvas.binance_rest import BinanceRest
 from trade_canvas.actors.supervisor import SeriesGroup
 from trade_canvas.config import Settings
 from trade_canvas.errors import Unavailable, UpstreamError
