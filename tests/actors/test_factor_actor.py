@@ -12,7 +12,7 @@ import pytest
 
 from tests.fakes.store import MemoryCandleStore
 from tests.unit.test_factor_engine import random_walk
-from trade_canvas.actors.child import ChildLink, ChildRecord
+from trade_canvas.actors.plumbing import ChildLink, ChildRecord
 from trade_canvas.actors import factor as factor_module
 from trade_canvas.actors.factor import FactorActor, FactorOptions
 from trade_canvas.actors.messages import Broadcast, CandlesStored, DrawChanged, FoldPending

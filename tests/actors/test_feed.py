@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import pytest
 
 from trade_canvas.actors import feed as feed_module
-from trade_canvas.actors.child import ChildLink, ChildRecord
+from trade_canvas.actors.plumbing import ChildLink, ChildRecord
 from trade_canvas.actors.feed import FeedActor
 from trade_canvas.actors.messages import (
     CandlesCommitted,

@@ -3,7 +3,7 @@
 import json
 import queue
 
-from trade_canvas.actors.child import ChildLink, ChildRecord
+from trade_canvas.actors.plumbing import ChildLink, ChildRecord
 from trade_canvas.actors.hub import HubState, Outbox, SubscriberHub, encode
 from trade_canvas.actors.messages import Broadcast, CandlesStored, PublishForming, Subscribe
 from trade_canvas.candles import Candle

@@ -15,6 +15,7 @@ from trade_canvas.actors.markets import (
     TopMarketsState,
 )
 from trade_canvas.actors.messages import GetTopMarkets, MarketFetched, UnwatchTopMarkets, WatchTopMarkets
+from trade_canvas.actors.plumbing import ChildLink, ChildRecord
 from trade_canvas.errors import CapacityExceeded, UpstreamError
 from trade_canvas.exchanges.binance_markets import MarketInfo
 
@@ -46,7 +47,8 @@ class Clock:
 def setup() -> tuple[TopMarketsActor, Clock, list[Callable[[], None]]]:
     clock = Clock()
     jobs: list[Callable[[], None]] = []
-    actor = TopMarketsActor(None, TopMarketsState(), None, ticker_ttl_s=10, info_ttl_s=3600,  # type: ignore[arg-type]
+    link = ChildLink(ChildRecord(kind="top_markets", series_id=None, start=lambda link: None), None)
+    actor = TopMarketsActor(None, TopMarketsState(), link, ticker_ttl_s=10, info_ttl_s=3600,  # type: ignore[arg-type]
                             clock=clock, wall=lambda: 1.0, spawn=jobs.append)
     actor._start_timer = lambda poller: None  # type: ignore[method-assign]
     return actor, clock, jobs

@@ -6,7 +6,7 @@ from typing import Any
 import pykka
 import pytest
 
-from trade_canvas.actors.child import ChildLink, ChildState, StatusBoard
+from trade_canvas.actors.plumbing import ChildLink, ChildState, StatusBoard
 from trade_canvas.actors.messages import AcquireFeed, Crash, EnsureSeries, Tick
 from trade_canvas.actors.supervisor import Supervisor
 from trade_canvas.errors import CapacityExceeded

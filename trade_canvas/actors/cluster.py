@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping
 
 import pykka
 
-from trade_canvas.actors.child import ChildLink, report_failure
+from trade_canvas.actors.plumbing import ChildLink, report_failure, tell
 from trade_canvas.actors.messages import (
     CandlesStored,
     CheckHeads,
@@ -35,7 +35,6 @@ from trade_canvas.actors.messages import (
     Tick,
     WantLeases,
 )
-from trade_canvas.actors.store import tell
 from trade_canvas.cluster import Hint, LeaseKeeper, SeqFollower, Step
 from trade_canvas.errors import TradeCanvasError, Unavailable
 from trade_canvas.storage.leases import PostgresLeases

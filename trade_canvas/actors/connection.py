@@ -21,13 +21,12 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Callable
 
 import pykka
 import websocket
 
-from trade_canvas.actors.child import ChildLink
+from trade_canvas.actors.plumbing import ChildLink, report_failure, tell
 from trade_canvas.actors.messages import (
     AddStream,
     ConnectionLost,
@@ -37,7 +36,6 @@ from trade_canvas.actors.messages import (
     StreamResumed,
     Tick,
 )
-from trade_canvas.actors.store import tell
 from trade_canvas.exchanges import binance
 
 logger = logging.getLogger(__name__)
@@ -134,6 +132,7 @@ class StreamConnections(pykka.ThreadingActor):
         self.connections: dict[int, Connection] = {}
         self._stopping = threading.Event()
         link.record.extra = self._status
+        link.release = self.on_stop
 
     def _status(self) -> dict[str, Any]:
         now = self.clock()
@@ -150,14 +149,7 @@ class StreamConnections(pykka.ThreadingActor):
             conn.state = "closed"
             _close(conn.ws)
 
-    def on_failure(
-        self,
-        exception_type: type[BaseException] | None,
-        exception_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.on_stop()
-        self.link.failed(exception_value)
+    on_failure = report_failure
 
     def on_receive(self, message: Any) -> Any:
         self.link.handled()
@@ -331,7 +323,7 @@ def _close(ws: websocket.WebSocket | None) -> None:
     if ws is None:
         return
     try:
-        ws.abort()
+        ws.abort()  # type: ignore[no-untyped-call]  # websocket-client is not annotated
         ws.close(timeout=0.5)
     except Exception:  # closing a broken socket may fail in many ways; it is closed either way
         pass

@@ -44,7 +44,7 @@ from typing import Any, Callable, Sequence
 
 import pykka
 
-from trade_canvas.actors.child import ChildLink, report_failure
+from trade_canvas.actors.plumbing import ChildLink, RefLookup, report_failure, tell
 from trade_canvas.actors.instruments import FACTOR_FOLD_SECONDS
 from trade_canvas.actors.messages import (
     Broadcast,
@@ -54,7 +54,6 @@ from trade_canvas.actors.messages import (
     DrawChanged,
     FoldPending,
 )
-from trade_canvas.actors.store import RefLookup, tell
 from trade_canvas.candles import Candle
 from trade_canvas.config import Settings
 from trade_canvas.errors import InvalidInput

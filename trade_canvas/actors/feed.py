@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import pykka
 
-from trade_canvas.actors.child import ChildLink, report_failure
+from trade_canvas.actors.plumbing import ChildLink, RefLookup, report_failure, tell
 from trade_canvas.actors.messages import (
     AddStream,
     CandlesCommitted,
@@ -36,7 +36,6 @@ from trade_canvas.actors.messages import (
     StreamResumed,
 )
 from trade_canvas.binance_rest import BinanceRest, retrying
-from trade_canvas.actors.store import RefLookup, tell
 from trade_canvas.candles import Candle, dedupe_sorted
 from trade_canvas.errors import UpstreamError
 from trade_canvas.exchanges import binance

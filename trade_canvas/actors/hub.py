@@ -26,7 +26,7 @@ import orjson
 import pykka
 
 from trade_canvas.actors import instruments
-from trade_canvas.actors.child import ChildLink, report_failure
+from trade_canvas.actors.plumbing import ChildLink, report_failure
 from trade_canvas.actors.messages import (
     Broadcast,
     CandlesStored,

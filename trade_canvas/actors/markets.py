@@ -41,13 +41,12 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from types import TracebackType
 from typing import Any, Callable
 
 import orjson
 import pykka
 
-from trade_canvas.actors.child import ChildLink
+from trade_canvas.actors.plumbing import ChildLink, report_failure
 from trade_canvas.actors.messages import (
     GetTopMarkets,
     MarketFetched,
@@ -223,7 +222,7 @@ class TopMarketsActor(pykka.ThreadingActor):
         self,
         rest: BinanceRest,
         state: TopMarketsState,
-        link: ChildLink | None = None,
+        link: ChildLink,
         *,
         info_ttl_s: float = 3600.0,
         ticker_ttl_s: float = 10.0,
@@ -237,6 +236,7 @@ class TopMarketsActor(pykka.ThreadingActor):
         self.rest = rest
         self.state = state
         self.link = link
+        link.release = self._stop_pollers
         self.info_ttl_s = info_ttl_s
         self.ticker_ttl_s = ticker_ttl_s
         self.retry_after_failure_s = retry_after_failure_s
@@ -257,8 +257,7 @@ class TopMarketsActor(pykka.ThreadingActor):
                 self.state.streams.pop(stream.id, None)
             else:
                 self._attach(stream)
-        if self.link is not None:
-            self.link.started()
+        self.link.started()
 
     def on_stop(self) -> None:
         self._stop_pollers()
@@ -271,19 +270,10 @@ class TopMarketsActor(pykka.ThreadingActor):
             for waiter in waiters:
                 waiter.deliver(gone)
 
-    def on_failure(
-        self,
-        exception_type: type[BaseException] | None,
-        exception_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._stop_pollers()
-        if self.link is not None:
-            self.link.failed(exception_value)
+    on_failure = report_failure
 
     def on_receive(self, message: Any) -> Any:
-        if self.link is not None:
-            self.link.handled()
+        self.link.handled()
         match message:
             case GetTopMarkets():
                 return self._request(message)

@@ -6,10 +6,17 @@ Commands are imperative (``StoreCandles``), events past tense (``CandlesStored``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
+
+import pykka
 
 from trade_canvas.candles import Candle
+from trade_canvas.cluster import Hint
+from trade_canvas.exchanges.binance import KlineUpdate
+from trade_canvas.exchanges.binance_markets import MarketInfo
 from trade_canvas.series import SeriesId
+
+ActorRef = pykka.ActorRef[Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +43,7 @@ class StoreCandles:
 
     candles: tuple[Candle, ...]
     publish: bool = True
-    reply_to: Any = None
+    reply_to: ActorRef | None = None
     batch: int = 0
     source: str = "http"  # who sent them, for the candles-stored metric: http, feed, backfill
 
@@ -164,7 +171,9 @@ class StartGlobal:
     """Start a process-wide child (e.g. one market's stream connections)."""
 
     kind: str
-    start: Any
+    # A ChildStart (link -> started actor ref); its link type is not named here because the
+    # plumbing module imports these messages.
+    start: Callable[..., ActorRef]
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +181,7 @@ class AddStream:
     """Route an exchange stream to a feed actor and subscribe to it upstream."""
 
     stream: str
-    feed: Any
+    feed: ActorRef
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +213,7 @@ class ConnectionLost:
 class KlineReceived:
     """A decoded kline frame for the receiving feed."""
 
-    update: Any
+    update: KlineUpdate
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +248,7 @@ class GetTopMarkets:
     limit: int
     force: bool
     client: str
-    reply: Any
+    reply: pykka.Future[Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,8 +257,8 @@ class MarketFetched:
 
     market: str
     job_id: int
-    infos: Any
-    rows: Any
+    infos: dict[str, MarketInfo] | None
+    rows: list[object] | None
     error: str | None
 
 
@@ -281,11 +290,11 @@ class PollTopMarkets:
 class RunReplayJob:
     """Run a replay job (a package build or a coverage fill) once a build slot is free.
 
-    ``work`` is called in its own greenlet with the job record; it returns when done.
+    ``work`` is called in its own greenlet; it returns when done.
     """
 
     job_id: str
-    work: Any
+    work: Callable[[], object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,7 +326,7 @@ class LeasesChanged:
 class HintReceived:
     """A notification from the listener: another (or this) process wrote or released a series."""
 
-    hint: Any
+    hint: Hint
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import orjson
 import pykka
 
-from trade_canvas.actors.child import ChildLink, report_failure
+from trade_canvas.actors.plumbing import ChildLink, report_failure
 from trade_canvas.actors.messages import Crash, ReplayJobEnded, RunReplayJob
 from trade_canvas.candles import Candle
 from trade_canvas.factors import engine
@@ -130,11 +130,10 @@ class ReplayJobActor(pykka.ThreadingActor):
                              name=f"replay-job-{message.job_id}").start()
 
     def _run(self, message: RunReplayJob) -> None:
-        job = self.board.get(message.job_id)
         error: str | None = None
         try:
-            if job is not None:
-                message.work(job)
+            if self.board.get(message.job_id) is not None:
+                message.work()
         except Exception as exc:  # noqa: BLE001 - a job's failure is its status, not a crash
             logger.warning("replay job %s failed: %s", message.job_id, exc)
             error = str(exc) or type(exc).__name__
@@ -264,7 +263,10 @@ def build_package(
     versions = _read_versions(store, sid, spec.to)
     state = _state_at(store, sid, spec.to)
     read_s = time.perf_counter() - started
-    pause = lambda: time.sleep(0)  # noqa: E731 - let requests and actors run between chunks
+
+    def pause() -> None:
+        time.sleep(0)  # let requests and actors run between chunks
+
     rows = rp.factor_rows(sid, bars, events, history, state, spec.window_candles, tf, pause)
     pause()
     times = [bar.candle_time for bar in bars]

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import pykka
 
 from trade_canvas.actors import instruments
-from trade_canvas.actors.child import ChildLink, report_failure
+from trade_canvas.actors.plumbing import ChildLink, RefLookup, report_failure, tell
 from trade_canvas.actors.messages import (
     CandlesCommitted,
     CandlesStored,
@@ -23,9 +23,6 @@ from trade_canvas.series import SeriesId
 from trade_canvas.storage import CandleStore
 
 logger = logging.getLogger(__name__)
-
-RefLookup = Callable[[str], "pykka.ActorRef[Any] | None"]
-
 
 class StoreActor(pykka.ThreadingActor):
     """Writes closed candles of one series, then tells the hub (and later the factor actor)."""
@@ -96,13 +93,3 @@ class StoreActor(pykka.ThreadingActor):
             tell(message.reply_to, CandlesCommitted(message.batch))
         return len(message.candles)
 
-
-def tell(ref: pykka.ActorRef[Any] | None, message: Any) -> bool:
-    """Tell ``ref`` if it is up; a restarting receiver catches up from the store on start."""
-    if ref is None:
-        return False
-    try:
-        ref.tell(message)
-    except pykka.ActorDeadError:
-        return False
-    return True

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import pykka
 
 from trade_canvas.actors import instruments
-from trade_canvas.actors.child import ChildLink, ChildRecord, ChildStart, ChildState, StatusBoard
+from trade_canvas.actors.plumbing import ChildLink, ChildRecord, ChildStart, ChildState, StatusBoard
 from trade_canvas.actors.messages import (
     AcquireFeed,
     ChildFailed,

@@ -19,7 +19,7 @@ import pykka
 
 from trade_canvas.actors.cluster import FanoutActor, LeaseActor, fence
 from trade_canvas.actors.messages import CheckHeads, HintReceived, ListenerConnected, StartGlobal, Tick
-from trade_canvas.actors.store import tell
+from trade_canvas.actors.plumbing import tell
 from trade_canvas.cluster import Hint, LeaseKeeper
 from trade_canvas.config import Settings
 from trade_canvas.errors import Unavailable

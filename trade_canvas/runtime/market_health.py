@@ -12,7 +12,7 @@ import bisect
 import math
 from typing import Any, Iterable
 
-from trade_canvas.actors.child import ChildRecord
+from trade_canvas.actors.plumbing import ChildRecord
 from trade_canvas.series import SeriesId, Timeframe, expected_latest_closed_time, parse_timeframe
 from trade_canvas.storage import CandleStore
 

@@ -9,6 +9,7 @@ replayed; ``coverage_missing`` means fewer candles are stored than asked for.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import logging
 import time
@@ -17,7 +18,7 @@ from typing import Any, Callable
 import orjson
 import pykka
 
-from trade_canvas.actors.child import ChildLink
+from trade_canvas.actors.plumbing import ChildLink
 from trade_canvas.actors.messages import RunReplayJob, StartGlobal
 from trade_canvas.actors.replay_packages import (
     KEY_RE, BuildRequest, Job, JobBoard, PackageFiles, ReplayJobActor, build_package,
@@ -142,7 +143,9 @@ class ReplayPackages:
         try:
             if ref is None:
                 raise pykka.ActorDeadError("restarting")
-            ref.tell(RunReplayJob(job_id, work))
+            # The runner calls ``work`` only while the board knows the job.
+            run = functools.partial(work, job) if job is not None else (lambda: None)
+            ref.tell(RunReplayJob(job_id, run))
         except pykka.ActorDeadError as exc:
             if job is not None:
                 job.status, job.error = "error", "replay job runner restarting; retry"

@@ -22,7 +22,7 @@ import pykka
 
 from trade_canvas import __version__
 from trade_canvas.actors import instruments
-from trade_canvas.actors.child import StatusBoard
+from trade_canvas.actors.plumbing import StatusBoard, tell
 from trade_canvas.actors.hub import HubState, Outbox, SubscriberHub
 from trade_canvas.actors.connection import StreamConnections
 from trade_canvas.actors.factor import FactorActor, factor_options
@@ -41,7 +41,7 @@ from trade_canvas.actors.messages import (
     Unsubscribe,
 )
 from trade_canvas.binance_rest import BinanceRest
-from trade_canvas.actors.store import StoreActor, tell
+from trade_canvas.actors.store import StoreActor
 from trade_canvas.actors.supervisor import SeriesGroup, Supervisor
 from trade_canvas.candles import Candle, dedupe_sorted
 from trade_canvas.config import (

@@ -13,7 +13,7 @@ from typing import Any
 
 import pykka
 
-from trade_canvas.actors.child import ChildLink
+from trade_canvas.actors.plumbing import ChildLink
 from trade_canvas.actors.markets import MarketStream, TopMarketsActor, TopMarketsState
 from trade_canvas.actors.messages import GetTopMarkets, StartGlobal, UnwatchTopMarkets, WatchTopMarkets
 from trade_canvas.binance_rest import BinanceRest

@@ -216,7 +216,7 @@ class PostgresLeases:
             cur.execute(q["reap_nodes"], args)
             cur.execute(q["reap"], args)
             cur.execute(q["forget_nodes"])
-            alive = int(cur.execute(q["alive"]).fetchone()[0])
+            alive = int(_one(cur.execute(q["alive"]).fetchone()))
             if args["new"]:
                 cur.execute(q["ensure_rows"], args)
             room = claim_room(len(want), alive, len(owned))
@@ -261,7 +261,7 @@ class PostgresLeases:
                        "expires_in_s": round(float(r[3]), 3),
                        "seq": None if r[4] is None else int(r[4]), "head_time": r[5]}
                       for r in cur.execute(q["owners"]).fetchall()]
-            usage = float(cur.execute(q["queue_usage"]).fetchone()[0])
+            usage = float(_one(cur.execute(q["queue_usage"]).fetchone()))
             return {"nodes": nodes, "series": series, "notification_queue_usage": usage}
 
         return self._transaction("view", work)  # type: ignore[no-any-return]
@@ -274,3 +274,9 @@ class PostgresLeases:
                 conn.close()
             except psycopg.Error:
                 pass
+
+
+def _one(row: tuple[Any, ...] | None) -> Any:
+    """Return the value of a one-column aggregate row (which always has a row)."""
+    assert row is not None
+    return row[0]

@@ -1,4 +1,9 @@
-"""What the supervisor knows about each child actor, and the link a child reports through.
+"""Actor plumbing: telling an actor, finding a sibling, reporting to the supervisor, and the
+supervisor's record of each child.
+
+Every actor uses ``tell`` (never waits, never raises for a restarting receiver), finds the other
+actors of its series through a ``RefLookup``, reports start and failure through its
+``ChildLink`` and sets ``on_failure = report_failure``, the one failure path.
 
 The records double as the operator's status board: the status endpoint reads them directly
 instead of asking a (possibly busy) actor, so it answers even while actors are blocked.
@@ -8,15 +13,29 @@ from __future__ import annotations
 
 import enum
 import itertools
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, cast
 
 import pykka
 
 from trade_canvas.actors.messages import ChildFailed, ChildStarted
+
+RefLookup = Callable[[str], "pykka.ActorRef[Any] | None"]
+
+
+def tell(ref: pykka.ActorRef[Any] | None, message: object) -> bool:
+    """Tell ``ref`` if it is up; a restarting receiver catches up from the store on start."""
+    if ref is None:
+        return False
+    try:
+        ref.tell(message)
+    except pykka.ActorDeadError:
+        return False
+    return True
 
 
 class ChildState(str, enum.Enum):
@@ -48,6 +67,9 @@ class ChildLink:
         self.record = record
         self.supervisor = supervisor
         self.generation = record.generation
+        # What a dying child lets go of before it reports (sockets, poller threads): pykka calls
+        # ``on_failure`` instead of ``on_stop`` when a handler raises.
+        self.release: Callable[[], None] = lambda: None
 
     def started(self) -> None:
         """Tell the supervisor that ``on_start`` finished."""
@@ -55,7 +77,8 @@ class ChildLink:
             self.supervisor.tell(ChildStarted(self.record.series_id, self.record.kind, self.generation))
 
     def failed(self, error: BaseException | None) -> None:
-        """Tell the supervisor the child is dying of ``error``."""
+        """Release what the child holds, then tell the supervisor it is dying of ``error``."""
+        self.release()
         if self.supervisor is not None:
             text = f"{type(error).__name__}: {error}" if error is not None else "unknown error"
             self.supervisor.tell(
@@ -67,16 +90,23 @@ class ChildLink:
         self.record.handled += 1
 
 
+class Supervised(Protocol):
+    """An actor with a link to its supervisor."""
+
+    link: ChildLink
+
+
 def report_failure(
-    actor: Any,
+    actor: Supervised,
     exception_type: type[BaseException] | None,
     exception_value: BaseException | None,
     traceback: TracebackType | None,
 ) -> None:
-    """The ``on_failure`` of supervised actors: tell the supervisor through the actor's link.
+    """The ``on_failure`` of every supervised actor: release, then tell the supervisor.
 
     Assigned as ``on_failure = report_failure`` in each actor class (a shared function, not a
-    base class: actors subclass ``pykka.ThreadingActor`` only).
+    base class: actors subclass ``pykka.ThreadingActor`` only); an actor with something to let
+    go of sets ``link.release``.
     """
     actor.link.failed(exception_value)
 
@@ -119,7 +149,9 @@ class ChildRecord:
     def snapshot(self) -> dict[str, Any]:
         """Return the JSON view for the status endpoint."""
         ref = self.ref
-        depth = ref.actor_inbox.qsize() if ref is not None and ref.is_alive() else 0
+        # A ThreadingActor's inbox is a queue.Queue; pykka types it as its ActorInbox protocol.
+        inbox = cast("queue.Queue[Any] | None", ref.actor_inbox if ref is not None else None)
+        depth = inbox.qsize() if ref is not None and inbox is not None and ref.is_alive() else 0
         view = {
             "kind": self.kind,
             "series_id": self.series_id,
