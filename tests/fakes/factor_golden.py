@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 
 from tests.fakes.store import MemoryCandleStore
 from tests.unit.test_factor_engine import load_recording
-from trade_canvas.actors.child import ChildLink, ChildRecord
+from trade_canvas.actors.plumbing import ChildLink, ChildRecord
 from trade_canvas.actors.factor import FactorActor, FactorOptions
 from trade_canvas.actors.messages import CandlesStored
 from trade_canvas.candles import Candle
