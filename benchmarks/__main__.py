@@ -5,6 +5,9 @@ from separate client processes over loopback), prints every figure next to its t
 PASS/MISS, and writes all figures to ``benchmarks/results/latest.json``. The exit status is 1
 only when a benchmark broke (an exception, lost WebSocket messages, a server that died), never
 because a figure missed its target: timings depend on the machine.
+
+``cluster`` (several server processes on one Postgres schema) runs only with ``--store
+postgres``: a plain run on SQLite skips it, and ``--only cluster`` without it is refused.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks import factors, fanout, feeds, ingest, isolation, latency, memory, reads, replay
+from benchmarks import (cluster, factors, fanout, feeds, ingest, isolation, latency, memory, reads,
+                        replay)
 from benchmarks.processes import Context, StoreChoice
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -40,7 +44,10 @@ BENCHMARKS: dict[str, tuple[Callable[[Context], dict[str, Any]], list[tuple[str,
     "factors": (_factors, [("full_recompute_s", "<", 0.2)]),
     "memory": (memory.run, memory.TARGETS),
     "replay": (replay.run, replay.TARGETS),
+    "cluster": (cluster.run, cluster.TARGETS),
 }
+# Run by default only on the Postgres store (cluster mode does not exist on SQLite).
+POSTGRES_ONLY = {"cluster"}
 
 
 def machine() -> dict[str, Any]:
@@ -62,7 +69,8 @@ def verdict(value: Any, op: str, target: float) -> str:
     """Return PASS or MISS for one figure."""
     if not isinstance(value, (int, float)):
         return "MISS"
-    return "PASS" if (value >= target if op == ">=" else value < target) else "MISS"
+    passed = {">=": value >= target, "<=": value <= target}.get(op, value < target)
+    return "PASS" if passed else "MISS"
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -92,7 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"results file (default {RESULTS})")
     args = parser.parse_args(argv)
-    names = args.only or list(BENCHMARKS)
+    if args.store != "postgres" and POSTGRES_ONLY & set(args.only or ()):
+        parser.error(f"{', '.join(sorted(POSTGRES_ONLY & set(args.only)))} needs --store postgres "
+                     "(e.g. python -m benchmarks --only cluster --store postgres)")
+    names = args.only or [name for name in BENCHMARKS
+                          if args.store == "postgres" or name not in POSTGRES_ONLY]
     results: dict[str, Any] = {
         "quick": args.quick, "store": args.store, "machine": machine(),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "benchmarks": {},

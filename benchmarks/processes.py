@@ -53,16 +53,28 @@ class StoreChoice:
     dsn: str = field(default_factory=lambda: os.environ.get(
         "TRADE_CANVAS_BENCH_POSTGRES_DSN", DEFAULT_POSTGRES_DSN))
 
-    def env(self, workdir: Path) -> tuple[dict[str, str], str | None]:
-        """Return the server settings and the Postgres schema to drop afterwards (or None)."""
+    def env(self, workdir: Path, schema: str | None = None) -> tuple[dict[str, str], str | None]:
+        """Return the server settings and the Postgres schema to drop afterwards (or None).
+
+        ``schema`` puts the server on an existing (shared) schema, which its creator drops: the
+        servers of a cluster share one (``new_schema``).
+        """
         if self.kind == "sqlite":
+            if schema is not None:
+                raise ValueError("a shared schema needs the Postgres store")
             return {"TRADE_CANVAS_DB_PATH": str(workdir / "market.db")}, None
-        schema = f"bench_{os.getpid()}_{secrets.token_hex(4)}"
+        owned = schema is None
+        schema = schema or self.new_schema()
         return {
             "TRADE_CANVAS_ENABLE_PG_STORE": "1",
             "TRADE_CANVAS_POSTGRES_DSN": self.dsn,
             "TRADE_CANVAS_POSTGRES_SCHEMA": schema,
-        }, schema
+        }, schema if owned else None
+
+    @staticmethod
+    def new_schema() -> str:
+        """Return a fresh schema name (the server creates the schema at boot)."""
+        return f"bench_{os.getpid()}_{secrets.token_hex(4)}"
 
     def drop(self, schema: str | None) -> None:
         """Drop a benchmark schema."""
@@ -111,13 +123,14 @@ class ServerProcess:
     """``python -m trade_canvas serve`` on a free port; ``worker_pid`` is the gevent worker."""
 
     def __init__(self, workdir: Path, store: StoreChoice, env: dict[str, str] | None = None,
-                 name: str = "server") -> None:
+                 name: str = "server", schema: str | None = None) -> None:
+        """Start the server; ``schema``: run on this shared Postgres schema (not dropped here)."""
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.store = store
         self.log_path = workdir / f"{name}.log"
-        store_env, self.schema = store.env(workdir)
+        store_env, self.schema = store.env(workdir, schema)
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("TRADE_CANVAS_")}
         full_env.update({
             "TRADE_CANVAS_WHITELIST_PATH": str(workdir / "whitelist.json"),
@@ -177,6 +190,12 @@ class ServerProcess:
         """GET a JSON document (raises on a non-2xx status)."""
         with urllib.request.urlopen(self.base + path, timeout=timeout) as resp:
             return json.loads(resp.read())
+
+    def kill(self) -> None:
+        """SIGKILL the process group (master and worker, as ``kill -9``) and reap the master."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM the process group, SIGKILL after ``timeout``; drop a Postgres schema."""

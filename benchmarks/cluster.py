@@ -1,0 +1,466 @@
+"""Cluster mode on Postgres: several server processes on one schema (``TRADE_CANVAS_CLUSTER=1``).
+
+Each server is its own ``python -m trade_canvas serve`` process (as on separate hosts), all on
+the same DSN and a fresh schema shared by the scenario's servers (``ServerProcess(schema=...)``).
+Needs ``--store postgres``. Four scenarios:
+
+- **takeover**: the replay exchange at 60x (``--synthesize-listed``) and three servers following
+  the same whitelist of N spot 1m series (30; 10 in --quick). When every series has a live
+  owner, the node owning the most series is killed with SIGKILL (master and worker, ``kill -9``)
+  and a survivor's ``GET /api/runtime/cluster`` is polled every 50 ms until every series the
+  killed node owned has another owner with an unexpired lease: ``takeover_s`` runs from the
+  kill to that poll. A replacement server joins before the next cycle. After the cycles, the
+  stored candles of a few series (read back with ``/api/market/candles`` from a survivor) are
+  checked: consecutive times exactly 60 s apart (``store_missing`` = candles absent between the
+  first and the newest stored one, ``store_duplicates`` = times stored twice or out of order)
+  and every candle equal to the exchange's kline (``store_mismatched``).
+- **fan-out across processes**: three servers, HTTP ingest on P1 only. One series gets S
+  subscribers on P1 (``local``, the baseline), a second one S subscribers split over P2 and P3
+  (``remote``: every candle crosses Postgres NOTIFY), a third one S subscribers on P2 alone
+  (``remote1``: as many sockets on one event loop as the baseline). Each series holds 500 real
+  candles first; the driver posts the real candles continuing it at 10/s, one at a time (as
+  ``fanout.py``: latencies from send and from ack, loss counted per socket).
+  ``added_p99_ms`` = remote from-send p99 - local from-send p99 (``_one_remote``: remote1's).
+- **throughput**: 100 series with one subscriber each on P2 and on P3; the driver posts real
+  candles to P1 through the batch endpoint, 50 candles a request (they travel inline in one
+  notification: ~2.5 kB of the 7.9 kB limit), round-robin over the series, one connection.
+  ``remote_candles_per_s`` = closed candles that reached a remote node / (its last receipt -
+  the first send), the smaller of the two nodes; ``ingest_candles_per_s`` is the driver's rate.
+- **ingest**: ``ingest.py``'s driver (sequential ``candle_closed``, then 5000-candle batches)
+  against one cluster-mode server, then against a plain Postgres server (``ingest_plain_*``):
+  what cluster mode's write sequence and notifications cost on the Postgres store.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from typing import Any
+
+import orjson
+
+from benchmarks import feeds, ingest
+from benchmarks.client import Http, aligned_past, ingest_batches, percentile
+from benchmarks.fanout import _drive, _score, _wait_green
+from benchmarks.processes import Context, ReplayProcess, ServerProcess
+from benchmarks.realdata import real_candles
+from benchmarks.subscribers import Subscribers, wait_subscribed
+
+TARGETS = [
+    ("takeover_p50_s", "<=", 1.5),
+    ("takeover_max_s", "<=", 2.5),
+    ("store_missing", "<", 1),
+    ("store_duplicates", "<", 1),
+    ("fanout_added_p99_ms", "<=", 10.0),
+    ("fanout_added_p99_ms_one_remote", "<=", 10.0),
+    ("fanout_remote_p99_ms", "<=", 30.0),
+    ("fanout_remote_lost", "<", 1),
+    ("fanout_remote1_lost", "<", 1),
+    ("fanout_local_lost", "<", 1),
+    ("throughput_remote_candles_per_s", ">=", 5000),
+    ("throughput_lost", "<", 1),
+    ("ingest_single_candles_per_s", ">=", 600),
+    ("ingest_batch_candles_per_s", ">=", 60_000),
+]
+CLUSTER_ENV = {"TRADE_CANVAS_CLUSTER": "1"}
+POLL_S = 0.05
+REPLAY_SPEED = 60.0
+BATCH_PATH = "/api/market/ingest/candles_closed_batch"
+THROUGHPUT_BATCH = 50  # candles per request: one notification payload (~7.9 kB) each
+
+
+class Cluster:
+    """N servers on one shared schema; the schema is dropped by ``close()``."""
+
+    def __init__(self, ctx: Context, name: str, env: dict[str, str]) -> None:
+        self.ctx, self.name = ctx, name
+        self.env = {**CLUSTER_ENV, **env}
+        self.schema = ctx.store.new_schema()
+        self.servers: list[ServerProcess] = []
+        self.dead: list[ServerProcess] = []
+        self.node_of: dict[ServerProcess, str] = {}  # server -> its node name
+        self.started = 0
+
+    def add(self) -> ServerProcess:
+        """Start one more server (node name ``<name>-<k>``) and wait until it is ready."""
+        label = f"{self.name}-{self.started}"
+        self.started += 1
+        server = ServerProcess(self.ctx.workdir / self.name, self.ctx.store,
+                               {**self.env, "TRADE_CANVAS_CLUSTER_NODE_NAME": label}, label,
+                               schema=self.schema)
+        self.node_of[server] = label
+        self.servers.append(server)
+        return server
+
+    def kill(self, server: ServerProcess) -> None:
+        """kill -9 a server (its whole process group)."""
+        server.kill()
+        self.servers.remove(server)
+        self.dead.append(server)
+
+    def view(self, server: ServerProcess | None = None) -> dict[str, Any]:
+        """Return ``/api/runtime/cluster`` of a server (the first one by default)."""
+        return (server or self.servers[0]).get_json("/api/runtime/cluster", timeout=10)  # type: ignore[no-any-return]
+
+    def wait_nodes(self, timeout_s: float = 60.0) -> dict[str, str]:
+        """Wait until every running server is an alive node; return node_id -> node name."""
+        deadline = time.monotonic() + timeout_s
+        names = {self.node_of[s] for s in self.servers}
+        while True:
+            view = self.view()
+            alive = {n["node_id"]: n["name"] for n in view["nodes"] if n["alive"]}
+            if names <= set(alive.values()):
+                return alive
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: nodes {sorted(names)} not all alive: {view['nodes']}")
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        """Stop every server (recording one that died unasked) and drop the schema."""
+        try:
+            for server in self.servers:
+                if not server.alive():
+                    self.ctx.problems.append(
+                        f"{self.name}: {self.node_of[server]} died during the benchmark:\n"
+                        f"{server.log_tail()}")
+                server.stop()
+            for server in self.dead:
+                server.stop()
+        finally:
+            self.ctx.store.drop(self.schema)
+
+
+# --- takeover ----------------------------------------------------------------------------------
+
+
+def _owners(view: dict[str, Any], series: set[str]) -> dict[str, str | None]:
+    """Return series -> owner node id (None: no owner, or its lease has expired)."""
+    found: dict[str, str | None] = {sid: None for sid in series}
+    for row in view["series"]:
+        if row["series_id"] in series and row["owner"] and row["expires_in_s"] > 0:
+            found[row["series_id"]] = row["owner"]
+    return found
+
+
+def _wait_owned(cluster: Cluster, series: set[str], timeout_s: float) -> dict[str, str]:
+    """Wait until every series has a live owner among the running nodes and ownership holds
+    still for 2 s (a joining node takes its share first); return series -> owner node id."""
+    deadline = time.monotonic() + timeout_s
+    stable_since, last = time.monotonic(), None
+    while True:
+        alive = cluster.wait_nodes()
+        owners = _owners(cluster.view(), series)
+        if all(o in alive for o in owners.values()):
+            if owners != last:
+                stable_since, last = time.monotonic(), owners
+            elif time.monotonic() - stable_since >= 2.0:
+                return owners  # type: ignore[return-value]
+        else:
+            last = None
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"series not all owned by live nodes in {timeout_s} s: {owners}")
+        time.sleep(0.2)
+
+
+def _takeover_cycle(cluster: Cluster, series: set[str]) -> dict[str, Any]:
+    owners = _wait_owned(cluster, series, 90.0)
+    alive = cluster.wait_nodes()
+    counts: dict[str, int] = {}
+    for node in owners.values():
+        counts[node] = counts.get(node, 0) + 1
+    victim_id = max(counts, key=lambda n: counts[n])
+    victim = next(s for s in cluster.servers if cluster.node_of[s] == alive[victim_id])
+    orphans = {sid for sid, node in owners.items() if node == victim_id}
+    survivor = next(s for s in cluster.servers if s is not victim)
+    cluster.kill(victim)
+    killed_at = time.monotonic()
+    polls = 0
+    while True:
+        polls += 1
+        now = _owners(cluster.view(survivor), orphans)
+        if all(node is not None and node != victim_id for node in now.values()):
+            took = time.monotonic() - killed_at
+            break
+        if time.monotonic() - killed_at > 30.0:
+            raise RuntimeError(f"no takeover 30 s after the kill: {now}")
+        time.sleep(POLL_S)
+    return {"takeover_s": took, "orphans": len(orphans), "polls": polls,
+            "spread": sorted(counts.values(), reverse=True)}
+
+
+def _stored_vs_exchange(server: ServerProcess, replay: ReplayProcess, series_id: str) -> dict[str, int]:
+    stored = server.get_json(f"/api/market/candles?series_id={series_id}&limit=5000")["candles"]
+    times = [c["candle_time"] for c in stored]
+    missing = duplicates = 0
+    for prev, cur in zip(times, times[1:]):
+        if cur <= prev:
+            duplicates += 1
+        elif cur - prev > 60:
+            missing += (cur - prev) // 60 - 1
+    market, symbol = series_id.split(":")[1:3]
+    symbol = symbol.replace("/", "")
+    path = "/spot/api/v3/klines" if market == "spot" else "/futures/fapi/v1/klines"
+    tail = stored[-1000:]
+    mismatched = 0
+    if tail:
+        rows = replay.get_json(f"{path}?symbol={symbol}&interval=1m&startTime="
+                               f"{tail[0]['candle_time'] * 1000}&endTime="
+                               f"{tail[-1]['candle_time'] * 1000}&limit=1000")
+        exchange = {r[0] // 1000: (float(r[1]), float(r[2]), float(r[3]), float(r[4]), float(r[5]))
+                    for r in rows}
+        for c in tail:
+            mine = (c["open"], c["high"], c["low"], c["close"], c["volume"])
+            if exchange.get(c["candle_time"]) != mine:
+                mismatched += 1
+    return {"stored": len(times), "missing": missing, "duplicates": duplicates,
+            "mismatched": mismatched}
+
+
+def _takeover(ctx: Context, count: int, cycles: int, checked: int) -> dict[str, Any]:
+    replay = ReplayProcess(ctx.workdir / "replay", "--speed", str(REPLAY_SPEED),
+                           "--synthesize-listed")
+    try:
+        series = [sid for sid in feeds.series_ids(replay, count * 2) if sid.endswith(":1m")
+                  and ":spot:" in sid][:count]
+        whitelist = ctx.workdir / "takeover-whitelist.json"
+        whitelist.parent.mkdir(parents=True, exist_ok=True)
+        whitelist.write_text(orjson.dumps({"series_ids": series}).decode())
+        env = {**replay.env(), "TRADE_CANVAS_ENABLE_WHITELIST_INGEST": "1",
+               "TRADE_CANVAS_WHITELIST_PATH": str(whitelist),
+               "TRADE_CANVAS_MARKET_AUTO_TAIL_BACKFILL_MAX_CANDLES": "100",
+               "TRADE_CANVAS_POSTGRES_POOL_MAX_SIZE": "4"}
+        cluster = Cluster(ctx, "takeover", env)
+        try:
+            for _ in range(3):
+                cluster.add()
+            results = []
+            for cycle in range(cycles):
+                results.append(_takeover_cycle(cluster, set(series)))
+                print(f"   takeover cycle {cycle + 1}: {results[-1]['takeover_s']:.2f} s "
+                      f"({results[-1]['orphans']} series; owned per node "
+                      f"{results[-1]['spread']})", flush=True)
+                cluster.add()  # the replacement: three nodes again
+            # the new owners' REST tail fill closes the gap; then compare with the exchange
+            _wait_owned(cluster, set(series), 90.0)
+            time.sleep(3.0)
+            checks = _check_store(cluster.servers[0], replay, series[:checked])
+            return _takeover_figures(results, checks, len(series))
+        finally:
+            cluster.close()
+    finally:
+        replay.stop()
+
+
+def _check_store(server: ServerProcess, replay: ReplayProcess, series: list[str]) -> dict[str, int]:
+    """Sum the store checks; retry for up to 20 s while a tail fill may still be running."""
+    deadline = time.monotonic() + 20.0
+    while True:
+        total = {"series": len(series), "stored": 0, "missing": 0, "duplicates": 0,
+                 "mismatched": 0}
+        for sid in series:
+            for key, value in _stored_vs_exchange(server, replay, sid).items():
+                total[key] += value
+        if not (total["missing"] or total["duplicates"] or total["mismatched"]) \
+                or time.monotonic() > deadline:
+            return total
+        time.sleep(1.0)
+
+
+def _takeover_figures(results: list[dict[str, Any]], checks: dict[str, int], count: int) -> dict[str, Any]:
+    took = sorted(r["takeover_s"] for r in results)
+    return {
+        "takeover_series": count,
+        "takeover_cycles": len(results),
+        "takeover_s_each": [round(t, 3) for t in (r["takeover_s"] for r in results)],
+        "takeover_p50_s": round(percentile(took, 0.5), 3),
+        "takeover_max_s": round(took[-1], 3),
+        "takeover_orphans_per_kill": round(sum(r["orphans"] for r in results) / len(results), 1),
+        "takeover_owned_per_node_each": [r["spread"] for r in results],
+        "store_series_checked": checks["series"],
+        "store_candles_checked": checks["stored"],
+        "store_missing": checks["missing"],
+        "store_duplicates": checks["duplicates"],
+        "store_mismatched": checks["mismatched"],
+    }
+
+
+# --- fan-out across processes -------------------------------------------------------------------
+
+
+def _fanout(cluster: Cluster, subscribers: int, rounds: int, history: int) -> dict[str, Any]:
+    p1, p2, p3 = cluster.servers[:3]
+    start = aligned_past(60, history + rounds + 5)
+    candles = real_candles(history + rounds, start)
+    figures: dict[str, Any] = {}
+    for label, targets in (("local", [p1]), ("remote", [p2, p3]), ("remote1", [p2])):
+        series = f"bench:spot:CLU{label.upper()}/USDT:1m"
+        ingest_batches(p1.port, series, candles[:history])
+        _wait_green(p1, [series], 120.0)
+        groups = []
+        try:
+            for k, server in enumerate(targets):
+                share = subscribers // len(targets) + (k < subscribers % len(targets))
+                groups.append(Subscribers(server.port, [(series,)] * share,
+                                          processes=2 // len(targets),
+                                          since=candles[history - 1]["candle_time"]))
+            registered = sum(wait_subscribed(server, {series}, subscribers // len(targets))
+                             for server in targets)
+            acks, rate = _drive(p1.port, [series], candles[history:])
+            time.sleep(1.0 + subscribers / 5000)
+            logs = []
+            for group in groups:
+                logs.extend(group.stop()[0])
+        except BaseException:
+            for group in groups:
+                group.kill()
+            raise
+        score = _score(logs, acks, rounds)
+        figures[f"fanout_{label}_subscribed"] = registered
+        for key in ("lost", "duplicates", "dropped", "p50_ms", "p99_ms", "max_ms",
+                    "from_send_p50_ms", "from_send_p99_ms", "from_send_max_ms"):
+            figures[f"fanout_{label}_{key}"] = score[key]
+        figures["fanout_candles_per_s"] = rate
+    figures["fanout_subscribers"] = subscribers
+    figures["fanout_rounds"] = rounds
+    figures["fanout_added_p50_ms"] = round(
+        figures["fanout_remote_from_send_p50_ms"] - figures["fanout_local_from_send_p50_ms"], 2)
+    figures["fanout_added_p99_ms"] = round(
+        figures["fanout_remote_from_send_p99_ms"] - figures["fanout_local_from_send_p99_ms"], 2)
+    figures["fanout_added_p50_ms_one_remote"] = round(
+        figures["fanout_remote1_from_send_p50_ms"] - figures["fanout_local_from_send_p50_ms"], 2)
+    figures["fanout_added_p99_ms_one_remote"] = round(
+        figures["fanout_remote1_from_send_p99_ms"] - figures["fanout_local_from_send_p99_ms"], 2)
+    return figures
+
+
+# --- throughput --------------------------------------------------------------------------------
+
+
+def _throughput(cluster: Cluster, series_count: int, per_series: int) -> dict[str, Any]:
+    p1, remotes = cluster.servers[0], cluster.servers[1:3]
+    series = [f"bench:spot:THR{k}/USDT:1m" for k in range(series_count)]
+    candles = real_candles(per_series, aligned_past(60, per_series + 5))
+    bodies = [orjson.dumps({"series_id": sid, "candles": candles[b:b + THROUGHPUT_BATCH],
+                            "publish_ws": True})
+              for b in range(0, per_series, THROUGHPUT_BATCH) for sid in series]
+    groups = []
+    try:
+        for server in remotes:
+            groups.append(Subscribers(server.port, [(sid,) for sid in series], processes=1))
+        registered = [wait_subscribed(server, set(series), series_count) for server in remotes]
+        client = Http(p1.port)
+        first_send = time.monotonic()
+        try:
+            for body in bodies:
+                status, data = client.request("POST", BATCH_PATH, body)
+                if status != 200:
+                    raise RuntimeError(f"batch ingest -> {status}: {data[:200]!r}")
+        finally:
+            client.close()
+        last_ack = time.monotonic()
+        time.sleep(3.0)  # a resync period and more: what is still missing then is lost
+        per_node = [group.stop()[0] for group in groups]
+    except BaseException:
+        for group in groups:
+            group.kill()
+        raise
+    expected = series_count * per_series
+    rates, lost, duplicates, spans = [], 0, 0, []
+    for logs in per_node:
+        got: set[tuple[str, int]] = set()
+        last = first_send
+        for log in logs:
+            for sid, t, received_at in log.closed_candles:
+                if (sid, t) in got:
+                    duplicates += 1
+                got.add((sid, t))
+                last = max(last, received_at)
+        lost += expected - len(got)
+        spans.append(last - first_send)
+        rates.append(len(got) / (last - first_send) if last > first_send else 0.0)
+    return {
+        "throughput_series": series_count,
+        "throughput_candles": expected,
+        "throughput_batch": THROUGHPUT_BATCH,
+        "throughput_subscribed": sum(registered),
+        "throughput_ingest_candles_per_s": round(expected / (last_ack - first_send)),
+        "throughput_remote_candles_per_s": round(min(rates)),
+        "throughput_remote_total_candles_per_s": round(sum(rates)),
+        "throughput_remote_last_after_ack_s": round(max(spans) - (last_ack - first_send), 2),
+        "throughput_lost": lost,
+        "throughput_duplicates": duplicates,
+    }
+
+
+# --- ingest ------------------------------------------------------------------------------------
+
+
+def _ingest_drive(server: ServerProcess, singles: int, batches: int, prefix: str) -> dict[str, Any]:
+    mp = multiprocessing.get_context("fork")
+    parent, child = mp.Pipe()
+    proc = mp.Process(target=ingest._drive, args=(server.port, singles, batches, child),
+                      daemon=True)
+    proc.start()
+    if not parent.poll(900):
+        proc.terminate()
+        raise RuntimeError("ingest client did not finish")
+    result = parent.recv()
+    proc.join(timeout=10)
+    return {
+        f"{prefix}_single_candles_per_s": round(singles / result["single_s"]),
+        f"{prefix}_single_mean_ms": round(result["single_s"] / singles * 1000, 3),
+        f"{prefix}_batch_candles_per_s": round(batches * ingest.BATCH / result["batch_s"]),
+        f"{prefix}_batch_request_ms": round(result["batch_s"] / batches * 1000, 1),
+    }
+
+
+def _ingest(ctx: Context, singles: int, batches: int) -> dict[str, Any]:
+    """Cluster mode (one node), then the same driver against a plain Postgres server."""
+    cluster = Cluster(ctx, "ingest", {})
+    try:
+        figures = _ingest_drive(cluster.add(), singles, batches, "ingest")
+    finally:
+        cluster.close()
+    with ctx.server("ingest-plain") as server:
+        figures.update(_ingest_drive(server, singles, batches, "ingest_plain"))
+    return figures
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    """Return takeover, cross-process fan-out, throughput and ingest figures of cluster mode."""
+    if ctx.store.kind != "postgres":
+        raise ValueError("cluster needs --store postgres")
+    if ctx.quick:
+        takeover_args, fanout_args, throughput_args, ingest_args = \
+            (10, 1, 3), (200, 10, 100), (20, 100), (1000, 2)
+    else:
+        takeover_args, fanout_args, throughput_args, ingest_args = \
+            (30, 5, 5), (1000, 100, 500), (100, 500), (10_000, 10)
+    figures: dict[str, Any] = {"processes": 3, "nproc": os.cpu_count()}
+    print("   takeover", flush=True)
+    figures.update(_takeover(ctx, *takeover_args))
+    print("   fan-out and throughput", flush=True)
+    cluster = Cluster(ctx, "fanout", {})
+    try:
+        for _ in range(3):
+            cluster.add()
+        cluster.wait_nodes()
+        figures.update(_fanout(cluster, *fanout_args))
+        figures.update(_throughput(cluster, *throughput_args))
+    finally:
+        cluster.close()
+    for side in ("local", "remote", "remote1"):
+        if figures[f"fanout_{side}_lost"] or figures[f"fanout_{side}_duplicates"]:
+            ctx.problems.append(f"fan-out ({side}): lost {figures[f'fanout_{side}_lost']}, "
+                                f"duplicated {figures[f'fanout_{side}_duplicates']}")
+    if figures["throughput_lost"] or figures["throughput_duplicates"]:
+        ctx.problems.append(f"throughput: lost {figures['throughput_lost']}, "
+                            f"duplicated {figures['throughput_duplicates']}")
+    if figures["store_missing"] or figures["store_duplicates"] or figures["store_mismatched"]:
+        ctx.problems.append(f"takeover: store != exchange (missing {figures['store_missing']}, "
+                            f"duplicates {figures['store_duplicates']}, "
+                            f"mismatched {figures['store_mismatched']})")
+    print("   ingest", flush=True)
+    figures.update(_ingest(ctx, *ingest_args))
+    return figures
