@@ -4,7 +4,8 @@ import json
 import queue
 
 from trade_canvas.actors.plumbing import ChildLink, ChildRecord
-from trade_canvas.actors.hub import HubState, Outbox, SubscriberHub, encode
+from trade_canvas.actors.hub import HubState, SubscriberHub
+from trade_canvas.actors.subscriber import Outbox, encode
 from trade_canvas.actors.messages import Broadcast, CandlesStored, PublishForming, Subscribe
 from trade_canvas.candles import Candle
 from trade_canvas.series import parse_series_id

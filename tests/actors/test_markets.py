@@ -10,12 +10,12 @@ from trade_canvas.actors.markets import (
     INFO,
     TICKERS,
     ForceLimiter,
-    MarketStream,
     TopMarketsActor,
     TopMarketsState,
 )
 from trade_canvas.actors.messages import GetTopMarkets, MarketFetched, UnwatchTopMarkets, WatchTopMarkets
 from trade_canvas.actors.plumbing import ChildLink, ChildRecord
+from trade_canvas.actors.subscriber import MarketStream
 from trade_canvas.errors import CapacityExceeded, UpstreamError
 from trade_canvas.exchanges.binance_markets import MarketInfo
 

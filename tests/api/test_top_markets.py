@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from tests.fakes.replay import ReplayExchange
-from trade_canvas.actors.markets import MarketStream, StreamEvent
+from trade_canvas.actors.subscriber import MarketStream, StreamEvent
 from trade_canvas.http.top_markets import format_event, format_ping, sse_events
 
 TOP = "/api/market/top_markets"

@@ -37,7 +37,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import queue
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -54,6 +53,7 @@ from trade_canvas.actors.messages import (
     UnwatchTopMarkets,
     WatchTopMarkets,
 )
+from trade_canvas.actors.subscriber import MarketStream, StreamEvent
 from trade_canvas.binance_rest import BinanceRest
 from trade_canvas.errors import CapacityExceeded, Unavailable, UpstreamError
 from trade_canvas.exchanges import binance, binance_markets
@@ -89,56 +89,6 @@ class ForceLimiter:
             self._last = {k: t for k, t in self._last.items() if now - t < self.interval_s}
         self._last[key] = now
         return True
-
-
-@dataclass(frozen=True, slots=True)
-class StreamEvent:
-    """One SSE event, encoded once for every stream: ``top_markets`` (with id) or ``error``."""
-
-    kind: str
-    event_id: int | None
-    data: bytes
-
-
-class MarketStream:
-    """One SSE client's bounded event queue."""
-
-    _ids = itertools.count(1)
-
-    def __init__(
-        self, market: str, quote_asset: str, limit: int, interval_s: float, max_pending: int = 64
-    ) -> None:
-        self.id = next(MarketStream._ids)
-        self.key: StreamKey = (market, quote_asset, limit)
-        self.interval_s = interval_s
-        self.max_pending = max_pending
-        self.closed = False
-        self.sent_items: bytes | None = None
-        self._queue: queue.Queue[StreamEvent | None] = queue.Queue()
-
-    def offer(self, event: StreamEvent) -> bool:
-        """Queue an event; False (and the stream closes) when closed or too far behind."""
-        if self.closed:
-            return False
-        if self._queue.qsize() >= self.max_pending:
-            self.close()
-            return False
-        self._queue.put_nowait(event)
-        return True
-
-    def close(self) -> None:
-        """End the stream: the reader gets what is queued, then None."""
-        if not self.closed:
-            self.closed = True
-            self._queue.put_nowait(None)
-
-    def take(self, timeout: float) -> StreamEvent | None:
-        """Return the next event, or None once closed.
-
-        Raises:
-            queue.Empty: nothing arrived within ``timeout``.
-        """
-        return self._queue.get(timeout=timeout)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import pykka
 
+from trade_canvas.actors.subscriber import MarketStream, Outbox
 from trade_canvas.candles import Candle
 from trade_canvas.cluster import Hint
 from trade_canvas.exchanges.binance import KlineUpdate
@@ -82,7 +83,7 @@ class PublishForming:
 class Subscribe:
     """Add (or re-cursor) a connection's subscription; catch-up follows at once."""
 
-    outbox: Any
+    outbox: Outbox
     since: int | None
     supports_batch: bool
     draw: bool = False  # the connection asked for the factor overlay's draw_delta messages
@@ -92,7 +93,7 @@ class Subscribe:
 class Unsubscribe:
     """Remove a connection's subscription."""
 
-    outbox: Any
+    outbox: Outbox
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,7 +267,7 @@ class MarketFetched:
 class WatchTopMarkets:
     """Feed an SSE client's stream from the shared poller of its (market, quote, limit)."""
 
-    stream: Any
+    stream: MarketStream
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 
 import falcon
 
-from trade_canvas.actors.markets import MarketStream, StreamEvent
+from trade_canvas.actors.subscriber import MarketStream, StreamEvent
 from trade_canvas.http.errors import DetailError
 from trade_canvas.http.media import query_bool, query_float, query_int
 from trade_canvas.runtime.system import Runtime

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable
 import orjson
 import simple_websocket
 
-from trade_canvas.actors.hub import Frame, encode
+from trade_canvas.actors.subscriber import Frame, encode
 from trade_canvas.errors import TradeCanvasError
 from trade_canvas.http.access import Access
 from trade_canvas.http.errors import DetailError
@@ -277,7 +277,7 @@ class MarketSocket:
             return
         try:
             if isinstance(command, SubscribeCommand):
-                refused = budget.spend(command.series.text, outbox.series)
+                refused = budget.spend(command.series.text, outbox.subscriptions.series)
                 if refused is not None:
                     outbox.offer([_error(*refused, series_id=command.series.text)])
                     return

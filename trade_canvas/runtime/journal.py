@@ -22,7 +22,7 @@ import re
 import threading
 from typing import Any
 
-from trade_canvas.actors.hub import Outbox, encode
+from trade_canvas.actors.subscriber import Outbox, encode
 
 SERIES_RE = re.compile(r"\b[a-z][a-z0-9_]*:[a-z][a-z0-9_]*:[^\s,()']+?:[0-9]+[mhdwM]\b")
 _LEVELS = {logging.WARNING: "warn", logging.ERROR: "error", logging.CRITICAL: "error"}

@@ -23,7 +23,7 @@ import pykka
 from trade_canvas import __version__
 from trade_canvas.actors import instruments
 from trade_canvas.actors.plumbing import StatusBoard, tell
-from trade_canvas.actors.hub import HubState, Outbox, SubscriberHub
+from trade_canvas.actors.hub import HubState, SubscriberHub
 from trade_canvas.actors.connection import StreamConnections
 from trade_canvas.actors.factor import FactorActor, factor_options
 from trade_canvas.actors.feed import FeedActor
@@ -42,6 +42,7 @@ from trade_canvas.actors.messages import (
 )
 from trade_canvas.binance_rest import BinanceRest
 from trade_canvas.actors.store import StoreActor
+from trade_canvas.actors.subscriber import Outbox
 from trade_canvas.actors.supervisor import SeriesGroup, Supervisor
 from trade_canvas.candles import Candle, dedupe_sorted
 from trade_canvas.config import (
@@ -223,7 +224,7 @@ class Runtime:
         """Return the ``GET /api/market/debug/metrics`` body."""
         connections = list(self.connections.values())
         return market_health.metrics(
-            self.board.records(), len(connections), sum(len(o.series) for o in connections),
+            self.board.records(), len(connections), sum(len(o.subscriptions) for o in connections),
             int(self.clock() * 1000),
         )
 
@@ -252,13 +253,13 @@ class Runtime:
         """
         if self._wants_feed(outbox, series):
             self._ask(AcquireFeed(series))
-            outbox.acquired.add(series.text)
+            outbox.subscriptions.hold_feed(series.text)
         ref = self._ref(series, "hub")
-        outbox.series.add(series.text)
+        outbox.subscriptions.add(series.text)
         tell(ref, Subscribe(outbox, since, batch, draw))
 
     def _wants_feed(self, outbox: Outbox, series: SeriesId) -> bool:
-        if not self.settings.enable_ondemand_ingest or series.text in outbox.acquired:
+        if not self.settings.enable_ondemand_ingest or outbox.subscriptions.holds_feed(series.text):
             return False
         return binance.followable(series)
 
@@ -270,19 +271,18 @@ class Runtime:
 
     def unsubscribe(self, outbox: Outbox, series_id: str) -> None:
         """Remove one subscription of a connection (unknown ones are ignored)."""
-        if series_id in outbox.acquired:
-            outbox.acquired.discard(series_id)
+        subscribed, held_feed = outbox.subscriptions.remove(series_id)
+        if held_feed:
             tell(self.supervisor, ReleaseFeed(series_id))
-        if series_id not in outbox.series:
+        if not subscribed:
             return
-        outbox.series.discard(series_id)
         group = self._existing_group(series_id)
         if group is not None:
             tell(group.ref("hub"), Unsubscribe(outbox))
 
     def close_connection(self, outbox: Outbox) -> None:
         """Forget a connection and all its subscriptions."""
-        for series_id in list(outbox.series | outbox.acquired):
+        for series_id in outbox.subscriptions.everything():
             self.unsubscribe(outbox, series_id)
         outbox.discard()
         self.connections.pop(outbox.id, None)

@@ -14,7 +14,8 @@ from typing import Any
 import pykka
 
 from trade_canvas.actors.plumbing import ChildLink
-from trade_canvas.actors.markets import MarketStream, TopMarketsActor, TopMarketsState
+from trade_canvas.actors.markets import TopMarketsActor, TopMarketsState
+from trade_canvas.actors.subscriber import MarketStream
 from trade_canvas.actors.messages import GetTopMarkets, StartGlobal, UnwatchTopMarkets, WatchTopMarkets
 from trade_canvas.binance_rest import BinanceRest
 from trade_canvas.actors.supervisor import SeriesGroup
