@@ -6,7 +6,8 @@ from falcon.testing import TestClient
 
 from trade_canvas.config import load_settings
 from trade_canvas.http.app import create_app
-from trade_canvas.runtime.system import Runtime, boot
+from trade_canvas.runtime.boot import boot
+from trade_canvas.runtime.system import Runtime
 
 NOW = 1_700_000_000
 

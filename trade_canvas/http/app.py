@@ -97,7 +97,7 @@ def create_app(runtime: Runtime) -> falcon.App:
 def get_app() -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
     """Load settings and logging, boot the runtime, return the WSGI app (gunicorn entry)."""
     from trade_canvas.runtime.logs import configure_logging
-    from trade_canvas.runtime.system import boot_from_environ
+    from trade_canvas.runtime.boot import boot_from_environ
 
     runtime = boot_from_environ(os.environ, configure_logging)
     sockets: dict[str, Any] = {"/ws/market": MarketSocket(runtime)}

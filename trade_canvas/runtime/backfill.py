@@ -22,7 +22,7 @@ from trade_canvas.binance_rest import BinanceRest
 from trade_canvas.config import load_settings
 from trade_canvas.errors import TradeCanvasError
 from trade_canvas.exchanges import binance
-from trade_canvas.runtime.system import open_store
+from trade_canvas.runtime.boot import open_configured_store
 from trade_canvas.series import SeriesId, align_time, parse_series_id
 from trade_canvas.storage import CandleStore
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         series = parse_series_id(args.series_id)
         if series.exchange != "binance":
             raise TradeCanvasError(f"only binance series can be backfilled: {series.text}")
-        store = open_store(settings)
+        store = open_configured_store(settings)
     except TradeCanvasError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

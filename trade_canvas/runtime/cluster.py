@@ -1,6 +1,6 @@
 """Cluster mode's wiring: node identity, lease and fan-out actors, notifier, listener, watchdog.
 
-Started by ``runtime/system.py`` only in cluster mode (Postgres with TRADE_CANVAS_CLUSTER=1 or
+Started by ``runtime/boot.py`` only in cluster mode (Postgres with TRADE_CANVAS_CLUSTER=1 or
 TRADE_CANVAS_WORKERS>1); the single-process path never imports the machinery below.
 """
 

@@ -27,7 +27,7 @@ GRACEFUL_TIMEOUT_S = 5
 
 def _post_worker_init(worker: Any) -> None:
     from trade_canvas.runtime.logs import install_run_info_dump
-    from trade_canvas.runtime.system import current_runtime
+    from trade_canvas.runtime.boot import current_runtime
 
     install_run_info_dump()
     previous = signal.getsignal(signal.SIGTERM)
@@ -52,7 +52,7 @@ def _child_exit(server: Any, worker: Any) -> None:
 
 
 def _worker_exit(server: Any, worker: Any) -> None:
-    from trade_canvas.runtime.system import current_runtime
+    from trade_canvas.runtime.boot import current_runtime
 
     runtime = current_runtime()
     if runtime is not None:

@@ -261,7 +261,7 @@ class Worker(GeventWorker):  # type: ignore[misc]
     peers = PeerCounts(0)
 
     def load_wsgi(self) -> None:
-        from trade_canvas.runtime.system import current_runtime
+        from trade_canvas.runtime.boot import current_runtime
 
         super().load_wsgi()  # boots the runtime (get_app)
         runtime = current_runtime()

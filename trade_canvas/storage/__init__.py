@@ -11,10 +11,12 @@ several threads or greenlets; writes of one call happen in one transaction.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
 from trade_canvas.candles import Candle
+from trade_canvas.errors import ConfigError
 from trade_canvas.factors.draw import Instruction
 from trade_canvas.factors.events import FactorEvent
 
@@ -134,3 +136,25 @@ class CandleStore(Protocol):
 
     def close(self) -> None:
         """Release connections; further calls fail."""
+
+
+def open_store(
+    location: str, *, postgres: bool, must_exist: bool = False, **postgres_options: Any
+) -> CandleStore:
+    """Open the store at a PostgreSQL DSN (``postgres``) or a SQLite file path.
+
+    ``postgres_options`` go to ``PostgresCandleStore`` (schema, pool sizes, timeouts, ...).
+
+    Raises:
+        ConfigError: ``must_exist`` and the SQLite file is missing; bad DSN or schema.
+        Unavailable: the PostgreSQL server cannot be reached.
+    """
+    if postgres:
+        from trade_canvas.storage.postgres import PostgresCandleStore
+
+        return PostgresCandleStore(location, **postgres_options)
+    from trade_canvas.storage.sqlite import SqliteCandleStore
+
+    if must_exist and not os.path.isfile(location):
+        raise ConfigError(f"SQLite file {location} does not exist")
+    return SqliteCandleStore(location)

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from trade_canvas.errors import ConfigError, InvalidInput, TradeCanvasError
-from trade_canvas.storage import CandleStore
+from trade_canvas.errors import InvalidInput, TradeCanvasError
+from trade_canvas.storage import CandleStore, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -130,24 +129,6 @@ def _verify(source_counts: dict[str, int], target: CandleStore) -> tuple[SeriesM
     return tuple(mismatches)
 
 
-def open_store(spec: str, schema: str, must_exist: bool) -> CandleStore:
-    """Open a store from a ``postgresql://`` DSN or a SQLite file path.
-
-    Raises:
-        ConfigError: ``must_exist`` and the SQLite file is missing; bad DSN or schema.
-        Unavailable: the PostgreSQL server cannot be reached.
-    """
-    if spec.startswith(("postgresql://", "postgres://")):
-        from trade_canvas.storage.postgres import PostgresCandleStore
-
-        return PostgresCandleStore(spec, schema=schema)
-    from trade_canvas.storage.sqlite import SqliteCandleStore
-
-    if must_exist and not os.path.isfile(spec):
-        raise ConfigError(f"SQLite file {spec} does not exist")
-    return SqliteCandleStore(spec)
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m trade_canvas store copy",
@@ -173,12 +154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --from and --to name the same store", file=sys.stderr)
         return 2
     try:
-        source = open_store(args.source, args.schema, must_exist=True)
+        source = _open(args.source, args.schema, must_exist=True)
     except TradeCanvasError as exc:
         print(f"error: --from: {exc}", file=sys.stderr)
         return 2
     try:
-        target = open_store(args.target, args.schema, must_exist=False)
+        target = _open(args.target, args.schema, must_exist=False)
     except TradeCanvasError as exc:
         source.close()
         print(f"error: --to: {exc}", file=sys.stderr)
@@ -189,6 +170,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         source.close()
         target.close()
+
+
+def _open(spec: str, schema: str, must_exist: bool) -> CandleStore:
+    if spec.startswith(("postgresql://", "postgres://")):
+        return open_store(spec, postgres=True, schema=schema)
+    return open_store(spec, postgres=False, must_exist=must_exist)
 
 
 def _run_copy(source: CandleStore, target: CandleStore, batch_size: int) -> int:

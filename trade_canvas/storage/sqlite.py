@@ -12,7 +12,7 @@ import logging
 import os
 import sqlite3
 import threading
-from typing import Callable, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 from trade_canvas.candles import Candle
 from trade_canvas.errors import Unavailable
@@ -141,7 +141,7 @@ class SqliteCandleStore:
                     self._conn.execute("ROLLBACK")
                 raise
 
-    def _query(self, sql: str, args: tuple[object, ...]) -> list[tuple]:
+    def _query(self, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._conn.execute(sql, args).fetchall()
 
@@ -178,7 +178,8 @@ class SqliteCandleStore:
 
     def head_time(self, series_id: str) -> int | None:
         rows = self._query("SELECT MAX(candle_time) FROM candles WHERE series_id = ?", (series_id,))
-        return rows[0][0]
+        head = rows[0][0]
+        return None if head is None else int(head)
 
     def count(self, series_id: str) -> int:
         rows = self._query("SELECT COUNT(*) FROM candles WHERE series_id = ?", (series_id,))
