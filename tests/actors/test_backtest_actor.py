@@ -19,14 +19,17 @@ from typing import Any, Iterator
 import pykka
 import pytest
 
-from trade_canvas import backtest as bt
 from trade_canvas.actors.backtest import (
-    BacktestActor, BacktestSettings, ExportCandles, GetBacktest, GetPairTimeframes,
-    ListBacktests, RunBacktest, run_backtest_and_wait, strategies_and_wait,
+    BacktestActor, run_backtest_and_wait, strategies_and_wait,
 )
-from trade_canvas.actors.freqtrade_run import BacktestResult, child_env, run_backtest
+from trade_canvas.actors.messages import (
+    ExportCandles, GetBacktest, GetPairTimeframes, ListBacktests, RunBacktest,
+)
 from trade_canvas.candles import Candle
 from trade_canvas.errors import CapacityExceeded
+from trade_canvas.freqtrade import commands as bt
+from trade_canvas.freqtrade.runner import child_env, run_backtest
+from trade_canvas.freqtrade.values import BacktestResult, BacktestSettings
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_USERDIR = REPO / "freqtrade_user_data"
@@ -112,7 +115,7 @@ def test_spot_backtest_through_the_actor(
     assert summary is not None and summary.total_trades > 0
     assert summary.wins + summary.losses + summary.draws == summary.total_trades
     assert summary.backtest_end == "2020-01-03 00:00:00"
-    assert result.command[1:3] == ("-m", "trade_canvas.freqtrade_offline")
+    assert result.command[1:3] == ("-m", "trade_canvas.freqtrade.offline")
     body = result.to_dict()
     assert {"ok", "exit_code", "duration_ms", "command", "stdout", "stderr"} <= set(body)
     assert json.loads(json.dumps(body))["summary"]["total_trades"] == summary.total_trades
@@ -186,7 +189,7 @@ def test_exported_candles_are_backtested(
 
 def test_exported_file_layout(tmp_path: Path) -> None:
     import pandas
-    from trade_canvas.freqtrade_data import export_candles
+    from trade_canvas.freqtrade.datadir import export_candles
 
     candles = [Candle(60, 1.0, 2.0, 0.5, 1.5, 3.0), Candle(0, 1, 1, 1, 1, 0)]
     path = export_candles(tmp_path, bt.parse_pair("XRP/USDT:USDT"), "1m", "futures", candles)

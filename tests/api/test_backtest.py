@@ -9,10 +9,10 @@ from pathlib import Path
 import pykka
 import pytest
 
-from trade_canvas import backtest as bt
-from trade_canvas.actors.backtest import RunBacktest
-from trade_canvas.actors.freqtrade_run import BacktestResult
+from trade_canvas.actors.messages import RunBacktest
 from trade_canvas.config import load_settings
+from trade_canvas.freqtrade import commands as bt
+from trade_canvas.freqtrade.values import BacktestResult
 from trade_canvas.http.backtest import INSTALL_HINT, run_status
 from trade_canvas.runtime.backtest import backtest_settings
 

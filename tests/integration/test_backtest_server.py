@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from trade_canvas.freqtrade_data import aggregate, read_binance_klines_csv
+from trade_canvas.freqtrade.datadir import aggregate, read_binance_klines_csv
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("freqtrade", reason="freqtrade is the backtest extra")

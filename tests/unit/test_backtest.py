@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from trade_canvas import backtest as bt
-from trade_canvas import freqtrade_offline as offline
 from trade_canvas.errors import InvalidInput
+from trade_canvas.freqtrade import commands as bt
+from trade_canvas.freqtrade import offline
 from trade_canvas.series import parse_timeframe
 
 REQUEST = bt.BacktestRequest("SampleStrategy", "BTC/USDT", "5m", "20200101-20200103")
@@ -168,7 +168,7 @@ def test_download_data_command() -> None:
 
 def test_child_command() -> None:
     assert bt.child_command("/py", "ft", True, ["x"]) == [
-        "/py", "-m", "trade_canvas.freqtrade_offline", "x"]
+        "/py", "-m", "trade_canvas.freqtrade.offline", "x"]
     assert bt.child_command("/py", "/bin/freqtrade", False, ["x"]) == ["/bin/freqtrade", "x"]
 
 
@@ -267,7 +267,7 @@ def test_tail() -> None:
     assert bt.tail("abcdef", 3) == "def" and bt.tail("ab", 3) == "ab"
 
 
-# --- freqtrade_offline's pure parts -----------------------------------------------------------
+# --- freqtrade/offline.py's pure parts -----------------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 The actor owns only bookkeeping: the job table, the wait queue and the run slots. Each run
 happens in its own thread (a greenlet under gevent's monkey-patching, where ``subprocess`` is
-cooperative), which tells the actor ``_RunFinished`` when done. So a status query never waits
+cooperative), which tells the actor ``BacktestFinished`` when done. So a status query never waits
 behind a backtest, and the actor never blocks on a child.
 
 How the runtime facade uses it (every message here is *asked*, with a timeout)::
@@ -14,167 +14,43 @@ How the runtime facade uses it (every message here is *asked*, with a timeout)::
 or simply ``run_backtest_and_wait(actor, request, timeout)``. ``RunBacktest`` raises
 ``CapacityExceeded`` (through the ask) when every slot is busy and the queue is full.
 ``GetBacktest(job_id)`` and ``ListBacktests()`` answer at once from memory. What a run does
-(the child process, its limits, the export it leaves) is ``freqtrade_run.py``.
+(the child process, its limits, the export it leaves) is ``freqtrade/runner.py``.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any, Callable, Literal
+from dataclasses import replace
+from typing import Any, Callable
 
 import pykka
 
-from trade_canvas import backtest as bt
-from trade_canvas.actors.freqtrade_run import (
-    BacktestResult,
+from trade_canvas.actors.messages import (
+    BacktestFinished,
+    BacktestProgressed,
+    ExportCandles,
+    GetBacktest,
+    GetPairTimeframes,
+    ListBacktests,
+    ListStrategies,
+    RunBacktest,
+    StrategiesListed,
+)
+from trade_canvas.errors import CapacityExceeded, TradeCanvasError, Unavailable, UpstreamError
+from trade_canvas.freqtrade import commands as bt
+from trade_canvas.freqtrade.runner import (
     export_candles,
     list_strategies,
     pair_timeframes,
     run_backtest,
 )
-from trade_canvas.candles import Candle
-from trade_canvas.errors import CapacityExceeded, TradeCanvasError, Unavailable, UpstreamError
+from trade_canvas.freqtrade.values import BacktestJob, BacktestResult, BacktestSettings
 
 logger = logging.getLogger(__name__)
-
-MiB = 1024 * 1024
-
-JobState = Literal["queued", "running", "done"]
-
-
-@dataclass(frozen=True, slots=True)
-class BacktestSettings:
-    """Where freqtrade lives and how runs are bounded (built by ``config/`` from the env).
-
-    ``datadir`` None: the base config's ``datadir`` (relative to the config file), else
-    ``<userdir>/data``. ``python`` runs the offline wrapper; ``bin`` runs freqtrade directly when
-    ``offline_markets`` is off and appears in download hints.
-    """
-
-    root: Path
-    config_path: Path
-    userdir: Path
-    datadir: Path | None = None
-    strategy_path: Path | None = None
-    bin: str = "freqtrade"
-    python: str = sys.executable
-    offline_markets: bool = True
-    subprocess_timeout_s: float = 120.0
-    require_trades: bool = False
-    max_concurrent: int = 2
-    queue_size: int = 8
-    keep_results: int = 50
-    output_cap_bytes: int = MiB
-
-
-@dataclass(frozen=True, slots=True)
-class BacktestJob:
-    """One submitted backtest as the listing shows it; ``result`` once ``state`` is done."""
-
-    job_id: str
-    request: bt.BacktestRequest
-    state: JobState
-    submitted_at: float
-    started_at: float | None = None
-    finished_at: float | None = None
-    result: BacktestResult | None = None
-    progress: dict[str, Any] | None = None  # e.g. fetching missing candles before the run
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the JSON shape used by the listing endpoint."""
-        return {
-            "id": self.job_id, "state": self.state,
-            "request": {"strategy_name": self.request.strategy_name, "pair": self.request.pair,
-                        "timeframe": self.request.timeframe,
-                        "timerange": self.request.timerange},
-            "submitted_at": self.submitted_at, "started_at": self.started_at,
-            "finished_at": self.finished_at, "progress": self.progress,
-            "result": self.result.to_dict() if self.result else None,
-        }
-
-
-# --- messages (ask them; see the module docstring) --------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RunBacktest:
-    """Queue a backtest; answers the queued BacktestJob, later sets ``reply_to`` to the result."""
-
-    request: bt.BacktestRequest
-    reply_to: pykka.Future[BacktestResult] | None = None
-    # Called in the job's thread before freqtrade runs, with a function reporting progress
-    # (a dict shown as the job's ``progress``); an UpstreamError ends the job as
-    # ``exchange_unreachable``. The runtime fetches and exports missing candles here.
-    prepare: Callable[[Callable[[dict[str, Any]], None]], None] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class GetBacktest:
-    """Answer the BacktestJob with this id, or None."""
-
-    job_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class ListBacktests:
-    """Answer running and queued jobs, then the last finished ones, newest first."""
-
-
-@dataclass(frozen=True, slots=True)
-class ListStrategies:
-    """Run ``freqtrade list-strategies`` in a thread; sets ``reply_to`` to the sorted names.
-
-    The ask answers None at once; ``reply_to`` gets the names or an exception.
-    """
-
-    reply_to: pykka.Future[list[str]]
-    recursive: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class GetPairTimeframes:
-    """Answer ``{pair, trading_mode, datadir, available_timeframes}`` (a directory listing)."""
-
-    pair: str
-
-
-@dataclass(frozen=True, slots=True)
-class ExportCandles:
-    """Write stored candles as freqtrade's data file for the pair; answers the file path.
-
-    Runs in the actor (a pandas write of a few thousand rows); ``pair`` is as the request
-    gives it, the trading mode comes from the base config.
-    """
-
-    pair: str
-    timeframe: str
-    candles: tuple[Candle, ...]
-    merge: bool = False  # keep the rows of an existing file, adding the new ones
-
-
-@dataclass(frozen=True, slots=True)
-class _Progress:
-    job_id: str
-    progress: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class _RunFinished:
-    job_id: str
-    result: BacktestResult
-
-
-@dataclass(frozen=True, slots=True)
-class _ListingFinished:
-    pass
-
 
 Runner = Callable[[BacktestSettings, str, bt.BacktestRequest], BacktestResult]
 
@@ -207,18 +83,18 @@ class BacktestActor(pykka.ThreadingActor):
                 return self._find(job_id)
             case ListBacktests():
                 return self._list()
-            case _RunFinished(job_id=job_id, result=result):
+            case BacktestFinished(job_id=job_id, result=result):
                 return self._on_finished(job_id, result)
             case ListStrategies():
                 return self._start_listing(message)
-            case _ListingFinished():
+            case StrategiesListed():
                 self._listings -= 1
                 return None
             case GetPairTimeframes(pair=pair):
                 return pair_timeframes(self._settings, pair)
             case ExportCandles(pair=pair, timeframe=timeframe, candles=candles, merge=merge):
                 return export_candles(self._settings, pair, timeframe, candles, merge)
-            case _Progress(job_id=job_id, progress=progress):
+            case BacktestProgressed(job_id=job_id, progress=progress):
                 if job_id in self._jobs:
                     self._jobs[job_id] = replace(self._jobs[job_id], progress=progress)
                 return None
@@ -261,14 +137,14 @@ class BacktestActor(pykka.ThreadingActor):
         if result is None:
             result = self._runner(self._settings, job_id, request)
         try:
-            self.actor_ref.tell(_RunFinished(job_id, result))
+            self.actor_ref.tell(BacktestFinished(job_id, result))
         except pykka.ActorDeadError:
             logger.info("backtest %s finished after the actor stopped", job_id)
 
     def _prepare(self, job_id: str, prepare: Any) -> BacktestResult | None:
         def report(progress: dict[str, Any]) -> None:
             try:
-                self.actor_ref.tell(_Progress(job_id, dict(progress)))
+                self.actor_ref.tell(BacktestProgressed(job_id, dict(progress)))
             except pykka.ActorDeadError:
                 pass
 
@@ -317,7 +193,7 @@ class BacktestActor(pykka.ThreadingActor):
         except Exception:  # boundary: the asker gets the error, the thread must not die loud
             message.reply_to.set_exception()
         try:
-            self.actor_ref.tell(_ListingFinished())
+            self.actor_ref.tell(StrategiesListed())
         except pykka.ActorDeadError:
             pass
 

@@ -15,6 +15,8 @@ from trade_canvas.candles import Candle
 from trade_canvas.cluster import Hint
 from trade_canvas.exchanges.binance import KlineUpdate
 from trade_canvas.exchanges.binance_markets import MarketInfo
+from trade_canvas.freqtrade.commands import BacktestRequest
+from trade_canvas.freqtrade.values import BacktestResult
 from trade_canvas.series import SeriesId
 
 ActorRef = pykka.ActorRef[Any]
@@ -338,3 +340,83 @@ class CheckHeads:
 @dataclass(frozen=True, slots=True)
 class ListenerConnected:
     """The listener (re)connected: notifications may have been lost, resync everything."""
+
+
+# -- freqtrade backtests (asked by the runtime facade; see actors/backtest.py)
+
+
+@dataclass(frozen=True, slots=True)
+class RunBacktest:
+    """Queue a backtest; answers the queued BacktestJob, later sets ``reply_to`` to the result."""
+
+    request: BacktestRequest
+    reply_to: pykka.Future[BacktestResult] | None = None
+    # Called in the job's thread before freqtrade runs, with a function reporting progress
+    # (a dict shown as the job's ``progress``); an UpstreamError ends the job as
+    # ``exchange_unreachable``. The runtime fetches and exports missing candles here.
+    prepare: Callable[[Callable[[dict[str, Any]], None]], None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GetBacktest:
+    """Answer the BacktestJob with this id, or None."""
+
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListBacktests:
+    """Answer running and queued jobs, then the last finished ones, newest first."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListStrategies:
+    """Run ``freqtrade list-strategies`` in a thread; sets ``reply_to`` to the sorted names.
+
+    The ask answers None at once; ``reply_to`` gets the names or an exception.
+    """
+
+    reply_to: pykka.Future[list[str]]
+    recursive: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class GetPairTimeframes:
+    """Answer ``{pair, trading_mode, datadir, available_timeframes}`` (a directory listing)."""
+
+    pair: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExportCandles:
+    """Write stored candles as freqtrade's data file for the pair; answers the file path.
+
+    Runs in the actor (a pandas write of a few thousand rows); ``pair`` is as the request
+    gives it, the trading mode comes from the base config.
+    """
+
+    pair: str
+    timeframe: str
+    candles: tuple[Candle, ...]
+    merge: bool = False  # keep the rows of an existing file, adding the new ones
+
+
+@dataclass(frozen=True, slots=True)
+class BacktestProgressed:
+    """A run reported progress (told by the run's thread)."""
+
+    job_id: str
+    progress: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class BacktestFinished:
+    """A run ended (told by the run's thread)."""
+
+    job_id: str
+    result: BacktestResult
+
+
+@dataclass(frozen=True, slots=True)
+class StrategiesListed:
+    """A ``list-strategies`` child ended (told by its thread)."""

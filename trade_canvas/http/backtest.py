@@ -13,9 +13,8 @@ from typing import Any
 
 import falcon
 
-from trade_canvas import backtest as bt
-from trade_canvas.actors.backtest import BacktestJob
-from trade_canvas.actors.freqtrade_run import BacktestResult
+from trade_canvas.freqtrade import commands as bt
+from trade_canvas.freqtrade.values import BacktestJob, BacktestResult
 from trade_canvas.http.errors import DetailError
 from trade_canvas.http.media import query_bool, query_int, query_required, read_json_object
 from trade_canvas.runtime.backtest import Backtests

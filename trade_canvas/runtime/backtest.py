@@ -17,22 +17,20 @@ from typing import Any, Callable
 
 import pykka
 
-from trade_canvas import backtest as bt
-from trade_canvas.actors.backtest import (
-    BacktestActor,
-    BacktestJob,
-    BacktestSettings,
+from trade_canvas.actors.backtest import BacktestActor, strategies_and_wait
+from trade_canvas.actors.messages import (
     ExportCandles,
     GetBacktest,
     GetPairTimeframes,
     ListBacktests,
     RunBacktest,
-    strategies_and_wait,
 )
-from trade_canvas.actors.freqtrade_run import BacktestResult, freqtrade_missing
 from trade_canvas.candles import Candle
 from trade_canvas.config import Settings
 from trade_canvas.errors import InvalidInput, NotFound, Unavailable
+from trade_canvas.freqtrade import commands as bt
+from trade_canvas.freqtrade.runner import freqtrade_missing
+from trade_canvas.freqtrade.values import BacktestJob, BacktestResult, BacktestSettings
 from trade_canvas.binance_rest import BinanceRest
 from trade_canvas.runtime import history
 from trade_canvas.series import (

@@ -30,7 +30,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from trade_canvas import __version__
-from trade_canvas.actors.backtest import ListBacktests
+from trade_canvas.actors.messages import ListBacktests
 from trade_canvas.actors.instruments import series_label
 from trade_canvas.runtime.system import Runtime
 from trade_canvas.series import parse_series_id

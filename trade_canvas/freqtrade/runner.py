@@ -4,7 +4,7 @@ Blocking, and run outside the actor: ``run_backtest`` and ``list_strategies`` ar
 worker thread (a greenlet under gevent's monkey-patching, where ``subprocess`` is cooperative).
 A child runs in its own session with its output in files (only the last ``output_cap_bytes``
 are kept), and is killed as a process group at the timeout. ``BacktestActor`` in
-``backtest.py`` queues the runs; ``trade_canvas.backtest`` builds the command lines and parses
+``actors/backtest.py`` queues the runs; ``commands.py`` builds the command lines and parses
 the exports.
 """
 
@@ -19,65 +19,22 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 from zipfile import BadZipFile, ZipFile
 
 import trade_canvas
-from trade_canvas import backtest as bt
+from trade_canvas.freqtrade import commands as bt
+from trade_canvas.freqtrade.values import BacktestResult, BacktestSettings, RunStatus
 from trade_canvas.candles import Candle
 from trade_canvas.errors import ConfigError, InvalidInput, TradeCanvasError, Unavailable
-
-if TYPE_CHECKING:  # backtest.py holds the actor's settings and imports this module
-    from trade_canvas.actors.backtest import BacktestSettings
 
 logger = logging.getLogger(__name__)
 
 KILL_GRACE_S = 5.0
 STRATEGY_MISSING_MARKER = "Impossible to load Strategy"
 _PACKAGE_ROOT = Path(trade_canvas.__file__).resolve().parent.parent
-
-RunStatus = Literal[
-    "ok", "failed", "timeout", "no_trades", "no_ohlcv_history", "strategy_not_found",
-    "no_backtest_export", "bad_backtest_export", "error",
-]
-
-
-@dataclass(frozen=True, slots=True)
-class BacktestResult:
-    """The outcome of one run; ``ok``/``exit_code``/``duration_ms``/``command``/``stdout``/
-    ``stderr`` keep the earlier API's response shape."""
-
-    job_id: str
-    status: RunStatus
-    exit_code: int
-    duration_ms: int
-    command: tuple[str, ...] = ()
-    stdout: str = ""
-    stderr: str = ""
-    pair: str | None = None
-    trading_mode: str | None = None
-    series_id: str | None = None
-    summary: bt.BacktestSummary | None = None
-    export_zip: str | None = None
-    detail: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the JSON shape of a run result."""
-        return {
-            "id": self.job_id, "ok": self.ok, "status": self.status,
-            "exit_code": self.exit_code, "duration_ms": self.duration_ms,
-            "command": list(self.command), "stdout": self.stdout, "stderr": self.stderr,
-            "pair": self.pair, "trading_mode": self.trading_mode, "series_id": self.series_id,
-            "summary": self.summary.to_dict() if self.summary else None,
-            "export_zip": self.export_zip, "detail": dict(self.detail),
-        }
-
 
 # --- paths and prerequisites ------------------------------------------------------------------
 
@@ -150,13 +107,13 @@ def export_candles(
 
     With ``merge`` the rows of an existing file are kept and the new candles added.
     """
-    from trade_canvas import freqtrade_data  # pandas: only when someone exports
+    from trade_canvas.freqtrade import datadir as data_files  # pandas: only when someone exports
 
     base = load_base_config(settings)
     mode = bt.trading_mode_of(base)
     spec = bt.freqtrade_pair(pair, mode)
     datadir = resolve_datadir(settings, base)
-    return freqtrade_data.export_candles(
+    return data_files.export_candles(
         datadir, spec, bt.validate_timeframe(timeframe), mode, candles, merge)
 
 

@@ -1,7 +1,7 @@
 """freqtrade backtests: input validation, command lines, temp config, data paths, result parsing.
 
 Pure: values in, values out. Paths are only joined here, never touched;
-``actors/freqtrade_run.py`` does the file system and the subprocess.
+``runner.py`` does the file system and the subprocess.
 """
 
 from __future__ import annotations
@@ -340,11 +340,11 @@ def child_command(
 ) -> list[str]:
     """Return the argv that runs freqtrade with ``args``.
 
-    Offline: ``python -m trade_canvas.freqtrade_offline <args>`` (synthesized markets, no
+    Offline: ``python -m trade_canvas.freqtrade.offline <args>`` (synthesized markets, no
     network). Otherwise the freqtrade executable ``bin_path`` runs as is.
     """
     if offline_markets:
-        return [python, "-m", "trade_canvas.freqtrade_offline", *args]
+        return [python, "-m", "trade_canvas.freqtrade.offline", *args]
     return [bin_path, *args]
 
 

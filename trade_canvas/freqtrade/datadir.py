@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
-from trade_canvas.backtest import PairSpec, TradingMode, data_file_path
+from trade_canvas.freqtrade.commands import PairSpec, TradingMode, data_file_path
 from trade_canvas.candles import Candle, dedupe_sorted
 
 if TYPE_CHECKING:

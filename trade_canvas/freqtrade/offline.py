@@ -2,7 +2,7 @@
 
 Started by the backtest actor as a child process::
 
-    python -m trade_canvas.freqtrade_offline backtesting --pairs BTC/USDT ...
+    python -m trade_canvas.freqtrade.offline backtesting --pairs BTC/USDT ...
 
 The freqtrade arguments pass through unchanged. Before freqtrade's ``main`` runs, this module
 
@@ -28,7 +28,7 @@ import socket
 import sys
 from typing import Any, Callable, Iterable
 
-from trade_canvas.backtest import PairSpec, parse_pair
+from trade_canvas.freqtrade.commands import PairSpec, parse_pair
 from trade_canvas.errors import InvalidInput
 
 SPOT_FEE = 0.001
