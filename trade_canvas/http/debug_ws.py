@@ -15,9 +15,7 @@ from typing import Any
 import orjson
 import simple_websocket
 
-from trade_canvas.http.ws import (
-    MAX_CLIENT_MESSAGE_BYTES, PING_INTERVAL_S, MarketSocket, _error, _WholeFrameSocket,
-)
+from trade_canvas.http.ws import MarketSocket, _error, upgrade
 from trade_canvas.runtime.journal import DebugJournal
 from trade_canvas.runtime.system import Runtime
 
@@ -50,13 +48,7 @@ class DebugSocket:
     def serve(self, environ: dict[str, Any]) -> None:
         """Run the session until the client or the server closes it."""
         settings = self.runtime.settings
-        environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
-        sock = _WholeFrameSocket(environ["gunicorn.socket"], settings.ws_write_timeout_s)
-        environ["gunicorn.socket"] = sock
-        ws = simple_websocket.Server(
-            environ, ping_interval=PING_INTERVAL_S, max_message_size=MAX_CLIENT_MESSAGE_BYTES
-        )
-        sock.upgraded = True
+        ws, sock = upgrade(environ, settings.ws_write_timeout_s)
         outbox = self.runtime.open_connection()
         writer = threading.Thread(target=MarketSocket._pump, args=(ws, sock, outbox), daemon=True)
         writer.start()

@@ -234,6 +234,20 @@ def _has_close_frame(data: bytes) -> bool:
     return False
 
 
+def upgrade(
+    environ: dict[str, Any], write_timeout_s: float
+) -> tuple[simple_websocket.Server, _WholeFrameSocket]:
+    """Complete the WebSocket handshake on gunicorn's socket; returns the session and socket."""
+    environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
+    sock = _WholeFrameSocket(environ["gunicorn.socket"], write_timeout_s)
+    environ["gunicorn.socket"] = sock
+    ws = simple_websocket.Server(
+        environ, ping_interval=PING_INTERVAL_S, max_message_size=MAX_CLIENT_MESSAGE_BYTES
+    )
+    sock.upgraded = True
+    return ws, sock
+
+
 class MarketSocket:
     """One WebSocket session on /ws/market."""
 
@@ -243,13 +257,7 @@ class MarketSocket:
     def serve(self, environ: dict[str, Any]) -> None:
         """Run the session until the client or the server closes it."""
         settings = self.runtime.settings
-        environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
-        sock = _WholeFrameSocket(environ["gunicorn.socket"], settings.ws_write_timeout_s)
-        environ["gunicorn.socket"] = sock
-        ws = simple_websocket.Server(
-            environ, ping_interval=PING_INTERVAL_S, max_message_size=MAX_CLIENT_MESSAGE_BYTES
-        )
-        sock.upgraded = True
+        ws, sock = upgrade(environ, settings.ws_write_timeout_s)
         outbox = self.runtime.open_connection()
         outbox.direct = sock.send_now
         budget = SubscribeBudget(settings.ws_max_subscriptions, settings.ws_subscribes_per_s)

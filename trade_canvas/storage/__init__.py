@@ -138,6 +138,12 @@ class CandleStore(Protocol):
         """Release connections; further calls fail."""
 
 
+def event_rows(series_id: str, events: Sequence[FactorEvent]) -> list[tuple[Any, ...]]:
+    """Return factor events as the column tuples both stores insert."""
+    return [(series_id, e.factor_name, e.kind, e.event_key, e.candle_time, e.payload_json)
+            for e in events]
+
+
 def open_store(
     location: str, *, postgres: bool, must_exist: bool = False, **postgres_options: Any
 ) -> CandleStore:

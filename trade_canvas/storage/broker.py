@@ -28,7 +28,7 @@ import psycopg
 from psycopg import sql
 
 from trade_canvas.cluster import Hint, decode_hint, encode_hint
-from trade_canvas.storage.postgres import redact_dsn
+from trade_canvas.storage.postgres import close_quietly, redact_dsn
 
 logger = logging.getLogger(__name__)
 
@@ -115,11 +115,7 @@ class Notifier:
 
     def _close(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except psycopg.Error:
-                pass
+        close_quietly(conn)
 
     def stop(self, timeout_s: float = 2.0) -> None:
         """Send what is queued, then stop."""
@@ -216,11 +212,7 @@ class Listener:
             self.down_since = time.monotonic()
         self.connected = False
         conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except psycopg.Error:
-                pass
+        close_quietly(conn)
 
     def stop(self) -> None:
         """Stop listening and close the connection."""

@@ -29,7 +29,7 @@ from psycopg import sql
 
 from trade_canvas.cluster import Hint, claim_room, encode_hint
 from trade_canvas.errors import Unavailable
-from trade_canvas.storage.postgres import redact_dsn
+from trade_canvas.storage.postgres import close_quietly, redact_dsn
 
 logger = logging.getLogger(__name__)
 
@@ -269,11 +269,7 @@ class PostgresLeases:
     def close(self) -> None:
         """Close the control connection (the next call reconnects)."""
         conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except psycopg.Error:
-                pass
+        close_quietly(conn)
 
 
 def _one(row: tuple[Any, ...] | None) -> Any:

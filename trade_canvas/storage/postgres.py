@@ -36,7 +36,7 @@ from trade_canvas.candles import Candle
 from trade_canvas.errors import ConfigError, Unavailable
 from trade_canvas.factors.draw import Instruction
 from trade_canvas.factors.events import FactorEvent
-from trade_canvas.storage import DRAW_PATCH_LIMIT, DrawVersion, FactorSnapshot
+from trade_canvas.storage import DRAW_PATCH_LIMIT, DrawVersion, FactorSnapshot, event_rows
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +213,15 @@ assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
 _URL_PREFIX = re.compile(r"^(postgres(?:ql)?://)", re.IGNORECASE)
 _KEYWORD_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'?|\S+)", re.IGNORECASE)
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
+def close_quietly(conn: psycopg.Connection[Any] | None) -> None:
+    """Close a connection that may be broken already (it is closed either way)."""
+    if conn is not None:
+        try:
+            conn.close()
+        except psycopg.Error:
+            pass
 
 
 def redact_dsn(dsn: str) -> str:
@@ -577,10 +586,7 @@ class PostgresCandleStore:
         instructions: Sequence[Instruction],
     ) -> list[DrawVersion]:
         """Store events (insert or ignore), snapshot and new draw versions in one transaction."""
-        rows = [
-            (series_id, e.factor_name, e.kind, e.event_key, e.candle_time, e.payload_json)
-            for e in events
-        ]
+        rows = event_rows(series_id, events)
         state = (series_id, snapshot.head_time, snapshot.fingerprint, snapshot.state_json)
 
         def work(conn: Conn) -> list[DrawVersion]:

@@ -18,7 +18,7 @@ from trade_canvas.candles import Candle
 from trade_canvas.errors import Unavailable
 from trade_canvas.factors.draw import Instruction
 from trade_canvas.factors.events import FactorEvent
-from trade_canvas.storage import DRAW_PATCH_LIMIT, DrawVersion, FactorSnapshot
+from trade_canvas.storage import DRAW_PATCH_LIMIT, DrawVersion, FactorSnapshot, event_rows
 
 logger = logging.getLogger(__name__)
 
@@ -196,10 +196,7 @@ class SqliteCandleStore:
         snapshot: FactorSnapshot,
         instructions: Sequence[Instruction],
     ) -> list[DrawVersion]:
-        rows = [
-            (series_id, e.factor_name, e.kind, e.event_key, e.candle_time, e.payload_json)
-            for e in events
-        ]
+        rows = event_rows(series_id, events)
 
         def work(conn: sqlite3.Connection) -> list[DrawVersion]:
             conn.executemany(_INSERT_EVENT, rows)
