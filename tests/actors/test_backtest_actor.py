@@ -28,7 +28,7 @@ from trade_canvas.actors.messages import (
 from trade_canvas.candles import Candle
 from trade_canvas.errors import CapacityExceeded
 from trade_canvas.freqtrade import commands as bt
-from trade_canvas.freqtrade.runner import child_env, run_backtest
+from trade_canvas.freqtrade.runner import child_env, clean_exports, run_backtest
 from trade_canvas.freqtrade.values import BacktestResult, BacktestSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -351,3 +351,17 @@ def test_child_env_passes_only_what_a_child_needs() -> None:
                  "HTTPS_PROXY"):
         assert name in env
     assert env["PYTHONPATH"] and env["NO_COLOR"] == "1"
+
+
+def test_old_export_folders_are_cleaned_and_others_kept(tmp_path: Path) -> None:
+    results = tmp_path / "backtest_results"
+    old, fresh, theirs = results / "tc_old", results / "tc_fresh", results / "freqtrade-old"
+    for folder in (old, fresh, theirs):
+        folder.mkdir(parents=True)
+        (folder / "x.zip").write_bytes(b"z")
+    now = time.time()
+    os.utime(old, (now - 10 * 86400, now - 10 * 86400))
+    os.utime(theirs, (now - 10 * 86400, now - 10 * 86400))
+    assert clean_exports(results, now, 7 * 86400) == [old]
+    assert not old.exists() and fresh.exists() and theirs.exists()
+    assert clean_exports(tmp_path / "missing", now, 1.0) == []

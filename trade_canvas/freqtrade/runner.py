@@ -33,6 +33,9 @@ from trade_canvas.errors import ConfigError, InvalidInput, TradeCanvasError, Una
 logger = logging.getLogger(__name__)
 
 KILL_GRACE_S = 5.0
+# A run's export folder (userdir/backtest_results/tc_<job id>) is removed at the next run once
+# it is this old: its result was parsed when the run ended, the folder is only for inspection.
+EXPORT_MAX_AGE_S = 7 * 86400.0
 STRATEGY_MISSING_MARKER = "Impossible to load Strategy"
 _PACKAGE_ROOT = Path(trade_canvas.__file__).resolve().parent.parent
 
@@ -307,6 +310,28 @@ def _prepare(
             "export_dir": export_dir, "config_path": config_path, "series_id": series_id}
 
 
+def clean_exports(results_dir: Path, now: float, max_age_s: float) -> list[Path]:
+    """Remove our runs' export folders (``tc_*``) last changed over ``max_age_s`` ago.
+
+    Returns the removed folders; freqtrade's own files in ``results_dir`` are never touched.
+    """
+    removed: list[Path] = []
+    if not results_dir.is_dir():
+        return removed
+    for folder in results_dir.glob("tc_*"):
+        try:
+            old = folder.is_dir() and now - folder.stat().st_mtime > max_age_s
+        except OSError:
+            continue  # removed meanwhile by a concurrent run
+        if old:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    if removed:
+        logger.info("removed %d backtest export folders older than %.0f days",
+                    len(removed), max_age_s / 86400)
+    return removed
+
+
 def run_backtest(
     settings: BacktestSettings, job_id: str, request: bt.BacktestRequest
 ) -> BacktestResult:
@@ -336,6 +361,7 @@ def _run_backtest(
         export_dir=prep["export_dir"], userdir=settings.userdir,
         strategy_path=settings.strategy_path) + ["--cache", "none"]
     argv = bt.child_command(settings.python, settings.bin, settings.offline_markets, args)
+    clean_exports(prep["export_dir"].parent, time.time(), EXPORT_MAX_AGE_S)
     prep["export_dir"].mkdir(parents=True, exist_ok=True)
     prep["config_path"].write_text(
         bt.render_config(bt.build_config(prep["base"], request, spec, prep["datadir"])),
