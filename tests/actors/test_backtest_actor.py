@@ -6,6 +6,7 @@ Each real backtest takes a few seconds. Every test works on a tmp_path copy of t
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ from trade_canvas.errors import CapacityExceeded
 from trade_canvas.freqtrade import commands as bt
 from trade_canvas.freqtrade.runner import child_env, clean_exports, run_backtest
 from trade_canvas.freqtrade.values import BacktestResult, BacktestSettings
+from tests.fakes.store import MemoryCandleStore
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_USERDIR = REPO / "freqtrade_user_data"
@@ -336,6 +338,28 @@ def test_finished_results_are_capped(userdir: Path, actors: list[pykka.ActorRef[
     actors.append(ref)
     ids = [run_backtest_and_wait(ref, SPOT, timeout_s=5).job_id for _ in range(3)]
     assert [job.job_id for job in ref.ask(ListBacktests(), timeout=1)] == ids[:0:-1]
+
+
+def test_finished_results_survive_a_restart_in_the_store(
+    userdir: Path, actors: list[pykka.ActorRef[Any]]
+) -> None:
+    runner, store, ticks = GatedRunner(), MemoryCandleStore(), itertools.count(1000)
+    runner.release.set()
+    settings = make_settings(userdir, keep_results=2)
+
+    def clock() -> float:
+        return float(next(ticks))
+
+    first = BacktestActor.start(settings, clock, runner, store)
+    actors.append(first)
+    results = [run_backtest_and_wait(first, SPOT, timeout_s=5) for _ in range(3)]
+    first.stop()
+    again = BacktestActor.start(settings, clock, runner, store)
+    actors.append(again)
+    jobs = again.ask(ListBacktests(), timeout=1)
+    assert [job.result for job in jobs] == results[:0:-1]  # newest first, capped at 2
+    assert jobs[0].request == SPOT and jobs[0].state == "done"
+    assert again.ask(GetBacktest(results[-1].job_id), timeout=1) == jobs[0]
 
 
 def test_child_env_passes_only_what_a_child_needs() -> None:

@@ -15,6 +15,7 @@ class MemoryCandleStore:
     backend = "memory"
 
     def __init__(self) -> None:
+        self._backtests: dict[str, tuple[float, str]] = {}
         self._factor_lock = threading.Lock()
         self._events: dict[str, dict[tuple[str, str], FactorEvent]] = {}
         self._snapshots: dict[str, FactorSnapshot] = {}
@@ -63,6 +64,15 @@ class MemoryCandleStore:
 
     def series_ids(self) -> list[str]:
         return sorted(self._series)
+
+    def save_backtest(self, job_id: str, finished_at: float, record_json: str, keep: int) -> None:
+        self._backtests[job_id] = (finished_at, record_json)
+        newest = sorted(self._backtests.items(), key=lambda item: (item[1][0], item[0]), reverse=True)
+        self._backtests = dict(newest[:keep])
+
+    def read_backtests(self, limit: int) -> list[str]:
+        newest = sorted(self._backtests.items(), key=lambda item: (item[1][0], item[0]), reverse=True)
+        return [record for _, (_, record) in newest[:limit]]
 
     def ping(self) -> None:
         return None

@@ -47,7 +47,7 @@ def fresh_schema(postgres_dsn: str) -> Iterator[str]:
 def postgres_store(postgres_dsn: str, postgres_schema: str) -> Iterator[PostgresCandleStore]:
     """Yield a store on the session schema with empty tables."""
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        tables = ("candles", "factor_events", "factor_state", "draw_versions")
+        tables = ("candles", "factor_events", "factor_state", "draw_versions", "backtest_results")
         conn.execute(
             sql.SQL("TRUNCATE {}").format(
                 sql.SQL(", ").join(sql.Identifier(postgres_schema, t) for t in tables)

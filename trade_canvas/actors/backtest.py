@@ -19,6 +19,7 @@ or simply ``run_backtest_and_wait(actor, request, timeout)``. ``RunBacktest`` ra
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -49,6 +50,7 @@ from trade_canvas.freqtrade.runner import (
     run_backtest,
 )
 from trade_canvas.freqtrade.values import BacktestJob, BacktestResult, BacktestSettings
+from trade_canvas.storage import CandleStore
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +64,13 @@ class BacktestActor(pykka.ThreadingActor):
 
     def __init__(
         self, settings: BacktestSettings, clock: Callable[[], float] = time.time,
-        runner: Runner = run_backtest,
+        runner: Runner = run_backtest, store: CandleStore | None = None,
     ) -> None:
         super().__init__()
         self._settings = settings
+        # Where finished jobs are kept across restarts (and seen by every process of a
+        # cluster); without one, or while it fails, this process's own finished jobs.
+        self._store = store
         self._clock = clock
         self._runner = runner
         self._jobs: OrderedDict[str, BacktestJob] = OrderedDict()  # queued and running
@@ -164,19 +169,40 @@ class BacktestActor(pykka.ThreadingActor):
             return
         done = replace(job, state="done", finished_at=self._clock(), result=result)
         self._finished.appendleft(done)
+        self._save(done)
         waiter = self._waiters.pop(job_id, None)
         if waiter is not None:
             waiter.set(result)
         self._start_ready()
 
+    def _save(self, job: BacktestJob) -> None:
+        if self._store is None:
+            return
+        record = json.dumps(job.to_dict(), default=str)
+        try:
+            self._store.save_backtest(job.job_id, job.finished_at or 0.0, record,
+                                      self._settings.keep_results)
+        except Exception as exc:  # boundary: the unsupervised actor must outlive a store fault
+            logger.warning("backtest %s: result not stored (%s); kept in memory", job.job_id, exc)
+
+    def _finished_jobs(self) -> list[BacktestJob]:
+        """Return the finished jobs, newest first, from the store when it answers."""
+        if self._store is not None:
+            try:
+                records = self._store.read_backtests(self._settings.keep_results)
+                return [BacktestJob.from_dict(json.loads(record)) for record in records]
+            except Exception as exc:  # boundary: as in _save
+                logger.warning("stored backtests unreadable (%s); listing this process's", exc)
+        return list(self._finished)
+
     def _find(self, job_id: str) -> BacktestJob | None:
         if job_id in self._jobs:
             return self._jobs[job_id]
-        return next((job for job in self._finished if job.job_id == job_id), None)
+        return next((job for job in self._finished_jobs() if job.job_id == job_id), None)
 
     def _list(self) -> tuple[BacktestJob, ...]:
         active = sorted(self._jobs.values(), key=lambda job: job.submitted_at, reverse=True)
-        return (*active, *self._finished)
+        return (*active, *self._finished_jobs())
 
     def _start_listing(self, message: ListStrategies) -> None:
         if self._listings >= self._settings.max_concurrent:

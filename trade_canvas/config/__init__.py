@@ -352,7 +352,7 @@ class Settings:
         "BACKTEST_FETCH_MISSING", _bool, False,
         "a run over a timerange first fetches the closed candles the store lacks over REST")
     backtest_keep_results: int = setting("BACKTEST_KEEP_RESULTS", _int(1, 1000), 50,
-                                         "finished backtests kept in memory for the results API")
+                                         "finished backtests kept in the store for the results API")
 
     def env_name(self, field_name: str) -> str:
         """Return the variable that sets ``field_name``."""

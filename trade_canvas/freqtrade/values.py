@@ -42,6 +42,20 @@ class BacktestResult:
     def ok(self) -> bool:
         return self.status == "ok"
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BacktestResult:
+        """Rebuild a result from ``to_dict``'s shape (a stored record)."""
+        summary = data.get("summary")
+        return cls(
+            job_id=data["id"], status=data["status"], exit_code=data["exit_code"],
+            duration_ms=data["duration_ms"], command=tuple(data.get("command") or ()),
+            stdout=data.get("stdout", ""), stderr=data.get("stderr", ""),
+            pair=data.get("pair"), trading_mode=data.get("trading_mode"),
+            series_id=data.get("series_id"),
+            summary=bt.BacktestSummary(**summary) if summary else None,
+            export_zip=data.get("export_zip"), detail=dict(data.get("detail") or {}),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON shape of a run result."""
         return {
@@ -96,6 +110,18 @@ class BacktestJob:
     finished_at: float | None = None
     result: BacktestResult | None = None
     progress: dict[str, Any] | None = None  # e.g. fetching missing candles before the run
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BacktestJob:
+        """Rebuild a job from ``to_dict``'s shape (a stored record)."""
+        result = data.get("result")
+        return cls(
+            job_id=data["id"], request=bt.BacktestRequest(**data["request"]),
+            state=data["state"], submitted_at=data["submitted_at"],
+            started_at=data.get("started_at"), finished_at=data.get("finished_at"),
+            result=BacktestResult.from_dict(result) if result else None,
+            progress=data.get("progress"),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON shape used by the listing endpoint."""

@@ -262,7 +262,7 @@ def start_backtests(
     first fetches the closed candles the store lacks.
     """
     mapped = backtest_settings(settings)
-    actor = BacktestActor.start(mapped)
+    actor = BacktestActor.start(mapped, store=store)
     problem = freqtrade_missing(mapped)
     logger.info("backtests: userdir=%s config=%s%s", mapped.userdir, mapped.config_path,
                 f" (unavailable: {problem})" if problem else "")

@@ -131,6 +131,12 @@ class CandleStore(Protocol):
     def clear_factor_data(self, series_id: str) -> None:
         """Delete the series' factor events, snapshot and draw versions (never its candles)."""
 
+    def save_backtest(self, job_id: str, finished_at: float, record_json: str, keep: int) -> None:
+        """Store a finished backtest's record; only the newest ``keep`` records are kept."""
+
+    def read_backtests(self, limit: int) -> list[str]:
+        """Return the newest ``limit`` backtest records (JSON), newest first."""
+
     def ping(self) -> None:
         """Raise if the store cannot serve a query right now."""
 

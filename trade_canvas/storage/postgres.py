@@ -206,6 +206,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        5,
+        "backtest results",
+        _statements(
+            """
+            CREATE TABLE IF NOT EXISTS {schema}.backtest_results (
+                job_id TEXT COLLATE "C" PRIMARY KEY,
+                finished_at DOUBLE PRECISION NOT NULL,
+                record_json TEXT NOT NULL
+            )
+            """,
+            "CREATE INDEX IF NOT EXISTS backtest_results_by_time "
+            "ON {schema}.backtest_results (finished_at)",
+        ),
+    ),
 )
 assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
 
@@ -326,6 +341,26 @@ class _Queries:
         )
 
 
+class _BacktestQueries:
+    """The backtest_results statements of one schema."""
+
+    def __init__(self, schema: str) -> None:
+        table = sql.Identifier(schema, "backtest_results")
+
+        def render(text: str) -> str:
+            return sql.SQL(text).format(table=table).as_string(None)
+
+        self.insert = render(
+            "INSERT INTO {table} (job_id, finished_at, record_json) VALUES (%s, %s, %s) "
+            "ON CONFLICT (job_id) DO UPDATE SET finished_at = EXCLUDED.finished_at, "
+            "record_json = EXCLUDED.record_json")
+        self.prune = render(
+            "DELETE FROM {table} WHERE job_id NOT IN (SELECT job_id FROM {table} "
+            "ORDER BY finished_at DESC, job_id DESC LIMIT %s)")
+        self.newest = render(
+            "SELECT record_json FROM {table} ORDER BY finished_at DESC, job_id DESC LIMIT %s")
+
+
 class _FactorQueries:
     """The factor ledger's SQL, rendered once for its schema."""
 
@@ -424,6 +459,7 @@ class PostgresCandleStore:
         self.sequenced = sequenced
         self._queries = _Queries(schema)
         self._factor = _FactorQueries(schema)
+        self._backtests = _BacktestQueries(schema)
         self._connect_kwargs = _connect_kwargs(dsn, connect_timeout_s)
         self._migrate()
         self._pool = self._open_pool(pool_min_size, pool_max_size, connect_timeout_s)
@@ -648,6 +684,21 @@ class PostgresCandleStore:
         """Return the series' newest draw ``version_id``, or 0 when it has none."""
         rows = self._fetch("last_draw_version", self._factor.last_version, (series_id,))
         return int(rows[0][0] or 0)
+
+    def save_backtest(self, job_id: str, finished_at: float, record_json: str, keep: int) -> None:
+        """Store a finished backtest's record; only the newest ``keep`` records are kept."""
+
+        def work(conn: Conn) -> None:
+            with conn.transaction():
+                conn.execute(self._backtests.insert, (job_id, finished_at, record_json))
+                conn.execute(self._backtests.prune, (keep,))
+
+        self._run("save_backtest", work)
+
+    def read_backtests(self, limit: int) -> list[str]:
+        """Return the newest ``limit`` backtest records (JSON), newest first."""
+        return [str(row[0]) for row in self._fetch("read_backtests", self._backtests.newest,
+                                                    (limit,))]
 
     def clear_factor_data(self, series_id: str) -> None:
         """Delete the series' factor events, snapshot and draw versions (never its candles)."""

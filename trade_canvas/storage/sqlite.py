@@ -73,6 +73,14 @@ _MIGRATIONS: tuple[str, ...] = (
     )
     """,
     "CREATE INDEX IF NOT EXISTS draw_versions_by_series ON draw_versions (series_id, version_id)",
+    """
+    CREATE TABLE IF NOT EXISTS backtest_results (
+        job_id TEXT PRIMARY KEY,
+        finished_at REAL NOT NULL,
+        record_json TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS backtest_results_by_time ON backtest_results (finished_at)",
 )
 
 _UPSERT = (
@@ -97,6 +105,15 @@ _INSERT_VERSION = (
     "VALUES (?, ?, ?, ?, ?)"
 )
 _VERSION_COLUMNS = "version_id, instruction_id, kind, visible_time, definition_json"
+_INSERT_BACKTEST = (
+    "INSERT INTO backtest_results (job_id, finished_at, record_json) VALUES (?, ?, ?) "
+    "ON CONFLICT (job_id) DO UPDATE SET finished_at = excluded.finished_at, "
+    "record_json = excluded.record_json"
+)
+_PRUNE_BACKTESTS = (
+    "DELETE FROM backtest_results WHERE job_id NOT IN (SELECT job_id FROM backtest_results "
+    "ORDER BY finished_at DESC, job_id DESC LIMIT ?)"
+)
 
 
 class SqliteCandleStore:
@@ -261,6 +278,18 @@ class SqliteCandleStore:
             "SELECT MAX(version_id) FROM draw_versions WHERE series_id = ?", (series_id,)
         )
         return int(rows[0][0] or 0)
+
+    def save_backtest(self, job_id: str, finished_at: float, record_json: str, keep: int) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(_INSERT_BACKTEST, (job_id, finished_at, record_json))
+            conn.execute(_PRUNE_BACKTESTS, (keep,))
+
+        self._write(work)
+
+    def read_backtests(self, limit: int) -> list[str]:
+        rows = self._query("SELECT record_json FROM backtest_results "
+                           "ORDER BY finished_at DESC, job_id DESC LIMIT ?", (limit,))
+        return [str(row[0]) for row in rows]
 
     def clear_factor_data(self, series_id: str) -> None:
         def work(conn: sqlite3.Connection) -> None:
