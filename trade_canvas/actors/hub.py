@@ -256,22 +256,18 @@ class SubscriberHub(pykka.ThreadingActor):
         self._last_forming = (candle.candle_time, now)
         frame = (encode({"type": "candle_forming", "series_id": self.series.text,
                          "candle": candle.to_dict()}),)
-        sent = 0
-        for sub in list(self.state.subscriptions.values()):
-            if sub.cursor is not None and candle.candle_time <= sub.cursor:
-                continue
-            if sub.outbox.offer(frame):
-                sent += 1
-            else:
-                self._drop(sub)
-        instruments.WS_MESSAGES_SENT.inc(sent)
+        subs = self.state.subscriptions.values()
+        behind = [s for s in subs if s.cursor is None or candle.candle_time > s.cursor]
+        self._offer_each(frame, behind)
 
     def _broadcast(self, message: dict[str, Any], draw_only: bool = False) -> None:
         frame = (encode(message),)
+        subs = self.state.subscriptions.values()
+        self._offer_each(frame, [s for s in subs if s.draw] if draw_only else list(subs))
+
+    def _offer_each(self, frame: tuple[Frame, ...], subs: list[Subscription]) -> None:
         sent = 0
-        for sub in list(self.state.subscriptions.values()):
-            if draw_only and not sub.draw:
-                continue
+        for sub in subs:
             if sub.outbox.offer(frame):
                 sent += 1
             else:

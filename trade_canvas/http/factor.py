@@ -17,7 +17,8 @@ def _series(req: falcon.Request) -> SeriesId:
     return parse_series_id(query_required(req, "series_id"))
 
 
-def _window(req: falcon.Request) -> int:
+def window_candles(req: falcon.Request) -> int:
+    """Return the ``window_candles`` query parameter of the factor and frame reads."""
     window = query_int(
         req, "window_candles", default=DEFAULT_WINDOW_CANDLES, minimum=1, maximum=MAX_WINDOW_CANDLES
     )
@@ -43,7 +44,7 @@ class Slices:
         query_required(req, "at_time")
         at_time = query_int(req, "at_time", default=None, minimum=0, maximum=MAX_EPOCH_SECONDS)
         assert at_time is not None
-        resp.media = self.runtime.factor_slices(series, at_time, _window(req))
+        resp.media = self.runtime.factor_slices(series, at_time, window_candles(req))
 
 
 class Health:
@@ -67,4 +68,4 @@ class DrawDelta:
         cursor = query_int(req, "cursor_version_id", default=0, minimum=0)
         at_time = query_int(req, "at_time", default=None, minimum=0, maximum=MAX_EPOCH_SECONDS)
         assert cursor is not None
-        resp.media = self.runtime.draw_delta(series, cursor, _window(req), at_time)
+        resp.media = self.runtime.draw_delta(series, cursor, window_candles(req), at_time)

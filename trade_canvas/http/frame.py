@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import falcon
 
-from trade_canvas.http.factor import DEFAULT_WINDOW_CANDLES, MAX_WINDOW_CANDLES
+from trade_canvas.http.factor import window_candles
 from trade_canvas.http.media import query_int, query_required
 from trade_canvas.runtime.system import Runtime
 from trade_canvas.series import MAX_EPOCH_SECONDS, parse_series_id
-
-
-def _window(req: falcon.Request) -> int:
-    window = query_int(
-        req, "window_candles", default=DEFAULT_WINDOW_CANDLES, minimum=1, maximum=MAX_WINDOW_CANDLES
-    )
-    assert window is not None
-    return window
 
 
 class LiveFrame:
@@ -26,7 +18,7 @@ class LiveFrame:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         series = parse_series_id(query_required(req, "series_id"))
-        resp.media = self.runtime.live_frame(series, _window(req))
+        resp.media = self.runtime.live_frame(series, window_candles(req))
 
 
 class FrameAtTime:
@@ -40,7 +32,7 @@ class FrameAtTime:
         query_required(req, "at_time")
         at_time = query_int(req, "at_time", default=None, minimum=0, maximum=MAX_EPOCH_SECONDS)
         assert at_time is not None
-        resp.media = self.runtime.frame_at(series, at_time, _window(req))
+        resp.media = self.runtime.frame_at(series, at_time, window_candles(req))
 
 
 class DeltaPoll:
@@ -57,4 +49,4 @@ class DeltaPoll:
         after = query_int(req, "after_id", default=0, minimum=0)
         query_int(req, "limit", default=2000, minimum=1, maximum=5000)
         assert after is not None
-        resp.media = self.runtime.delta_poll(series, after, _window(req))
+        resp.media = self.runtime.delta_poll(series, after, window_candles(req))

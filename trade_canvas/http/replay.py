@@ -31,6 +31,10 @@ def _series(body: dict[str, Any]) -> SeriesId:
         raise DetailError(400, str(exc)) from None
 
 
+def _to_time(body: dict[str, Any]) -> int | None:
+    return _int(body, "to_time", None, 0, None)
+
+
 def _int(body: dict[str, Any], name: str, default: int | None, low: int, high: int | None) -> int | None:
     value = body.get(name)
     if value is None:
@@ -51,8 +55,7 @@ class Prepare:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json_object(req)
-        series = _series(body)
-        to_time = _int(body, "to_time", None, 0, None)
+        series, to_time = _series(body), _to_time(body)
         window = _int(body, "window_candles", None, 1, 5000)
         resp.media = _replays(self.runtime).prepare(series, to_time, window)
 
@@ -65,8 +68,7 @@ class Build:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json_object(req)
-        series = _series(body)
-        to_time = _int(body, "to_time", None, 0, None)
+        series, to_time = _series(body), _to_time(body)
         window_candles = _int(body, "window_candles", 2000, 1, 5000)
         window_size = _int(body, "window_size", 500, 1, 2000)
         interval = _int(body, "snapshot_interval", 25, 1, 200)
