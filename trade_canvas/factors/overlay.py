@@ -40,7 +40,7 @@ from trade_canvas.factors.draw import Instruction
 from trade_canvas.factors.engine import FactorState
 from trade_canvas.factors.events import FactorEvent
 from trade_canvas.factors.pen import pen_head
-from trade_canvas.factors.slices import _override_anchor
+from trade_canvas.factors.slices import drawn_anchor
 from trade_canvas.factors.zhongshu import alive_head
 
 Payload = dict[str, Any]
@@ -86,7 +86,6 @@ class Overlay:
         self._reset()
 
     def _reset(self) -> None:
-        self.head: int | None = None
         self.current: dict[str, Instruction] = {}
         self.active: set[str] = set()
         self._events: dict[str, collections.deque[_Entry]] = collections.defaultdict(
@@ -115,7 +114,6 @@ class Overlay:
         head = state.head_time
         if head is None:
             return OverlayChange([], [], [])
-        self.head = head
         start = head - self.span
         updates: dict[str, Instruction | None] = {}
         dirty = self._evict(start, updates)
@@ -169,7 +167,7 @@ class Overlay:
         self, state: FactorState, head: int, updates: dict[str, Instruction | None]
     ) -> Payload | None:
         pens = pen_head(state.pen)
-        anchor = _override_anchor(state.anchor.current, pens)
+        anchor = drawn_anchor(state.anchor.current, pens)
         alive = alive_head(state.zhongshu.alive, head)["alive"]
         parts: dict[str, tuple[Any, Callable[[], list[Instruction]]]] = {
             "pen": ((pens["extending"], pens["candidate"]), lambda: draw.pen_head_lines(pens, head)),
@@ -206,7 +204,8 @@ class Overlay:
             if ins is None:
                 if old is not None:
                     del self.current[ident]
-                    self._set_active(ident, None, False, before)
+                    self._ahead.pop(ident, None)
+                    self._set_active(ident, False, before)
                 continue
             if old is not None and old.definition_json == ins.definition_json:
                 continue
@@ -234,13 +233,9 @@ class Overlay:
         active = draw.in_window(ins, start, head)
         if active and last <= head:
             heapq.heappush(self._expiry, (last, next(self._seq), ident, ins))
-        self._set_active(ident, ins, active, before)
+        self._set_active(ident, active, before)
 
-    def _set_active(
-        self, ident: str, ins: Instruction | None, active: bool, before: dict[str, bool]
-    ) -> None:
-        if ins is None:
-            self._ahead.pop(ident, None)
+    def _set_active(self, ident: str, active: bool, before: dict[str, bool]) -> None:
         before.setdefault(ident, ident in self.active)
         if active:
             self.active.add(ident)
@@ -252,5 +247,5 @@ class Overlay:
         while expiry and expiry[0][0] < start:
             _, _, ident, ins = heapq.heappop(expiry)
             if self.current.get(ident) is ins and ident in self.active:
-                self._set_active(ident, ins, False, before)
+                self._set_active(ident, False, before)
 

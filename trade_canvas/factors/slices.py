@@ -103,7 +103,7 @@ def build_view(
     return FactorView(
         at_time, majors, _sorted(buckets.get("pivot.minor", []), "visible_time", "pivot_time"),
         pens, _sorted(buckets.get("zhongshu.dead", []), "visible_time", "start_time"), switches,
-        head, tuple(alive), _override_anchor(current, head),
+        head, tuple(alive), drawn_anchor(current, head),
         _base_anchor(current if live is not None else None, switches, pens),
     )
 
@@ -161,7 +161,8 @@ def _base_anchor(
     return ref_from_dict(dict(pens[-1], kind="confirmed")).to_dict() if pens else None
 
 
-def _override_anchor(current: PenRef | None, head: Payload) -> Payload | None:
+def drawn_anchor(current: PenRef | None, head: Payload) -> Payload | None:
+    """Return the anchor the overlay draws: the head candidate when it outweighs ``current``."""
     candidate = head.get("candidate")
     if candidate is not None:
         strength = abs(candidate["end_price"] - candidate["start_price"])
