@@ -29,6 +29,10 @@ class Unavailable(TradeCanvasError):
     """A dependency (store, actor, upstream) cannot serve right now."""
 
 
+class Fenced(TradeCanvasError):
+    """This process no longer holds the series' lease (cluster mode); the write was refused."""
+
+
 class UpstreamError(TradeCanvasError):
     """An upstream service (exchange REST) failed and no cached answer exists."""
 

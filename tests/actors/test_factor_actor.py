@@ -269,3 +269,77 @@ def test_monthly_series_folds_factor_events_over_calendar_months() -> None:
     assert store.read_factor_snapshot(sid).head_time == months[-1].candle_time
     assert second.status()["lag_candles"] == 0
     assert hub.of_type("draw_delta")[-1]["to_candle_time"] == months[-1].candle_time
+
+
+def sliced_actor(store: MemoryCandleStore, hub: Hub, **kw: Any) -> FactorActor:
+    ticks = iter(range(10**6))
+    options = dataclasses.replace(OPTIONS, chunk=400, slice_s=1.5)  # a clock call is 1 s here
+    record = ChildRecord(kind="factor", series_id=S, start=lambda link: None)  # type: ignore[arg-type,return-value]
+    return FactorActor(SERIES, store, lambda kind: hub if kind == "hub" else None,
+                       ChildLink(record, None), options, clock=lambda: float(next(ticks)), **kw)
+
+
+def step(actor: FactorActor) -> None:
+    actor.on_receive(actor.actor_inbox.get_nowait().message)
+
+
+def test_candles_stored_while_the_last_chunk_folds_are_read_once_more() -> None:
+    """A write that lands between a catch-up's last read and its end was never folded."""
+    store, hub = MemoryCandleStore(), Hub()
+    actor = sliced_actor(store, hub)
+    actor.on_start()
+    store.upsert_candles(S, CANDLES[:300])
+    actor.on_receive(CandlesStored(tuple(CANDLES[:300])))
+    step(actor)  # read all 300 (fewer than a chunk), fold the first slice
+    assert actor.cursor is not None and actor.backlog
+    store.upsert_candles(S, CANDLES[300:310])  # stored meanwhile, told while catching up
+    actor.on_receive(CandlesStored(tuple(CANDLES[300:310])))
+    drain(actor)
+    assert actor.state.head_time == CANDLES[309].candle_time
+    _, events = engine.run(engine.initial_state(PARAMS), CANDLES[:310], PARAMS)
+    assert keys(store.read_factor_events(S, 0, 10**9)) == keys(events)
+
+
+def test_catch_up_hint_reads_what_another_process_stored() -> None:
+    """Cluster mode: a write made elsewhere reaches the owner's factor actor without candles."""
+    from trade_canvas.actors.messages import FactorCatchUp
+
+    store, hub = MemoryCandleStore(), Hub()
+    actor = make_actor(store, hub)
+    actor.on_start()
+    store.upsert_candles(S, CANDLES[:50])
+    actor.on_receive(FactorCatchUp())  # nothing folded yet: from the stored tail
+    drain(actor)
+    assert actor.state.head_time == CANDLES[49].candle_time
+    store.upsert_candles(S, CANDLES[50:120])
+    actor.on_receive(FactorCatchUp())
+    drain(actor)
+    _, events = engine.run(engine.initial_state(PARAMS), CANDLES[:120], PARAMS)
+    assert keys(store.read_factor_events(S, 0, 10**9)) == keys(events)
+    assert actor.state.head_time == CANDLES[119].candle_time
+
+
+def test_a_fenced_batch_stops_the_actor_writing() -> None:
+    from trade_canvas.errors import Fenced
+
+    class FencedStore(MemoryCandleStore):
+        lease: tuple[str, int] = ("n1", 1)
+
+        def save_factor_batch(self, series_id, events, snapshot, instructions, fence=None):
+            if fence != self.lease:
+                raise Fenced("lease moved")
+            return super().save_factor_batch(series_id, events, snapshot, instructions)
+
+    store, hub = FencedStore(), Hub()
+    record = ChildRecord(kind="factor", series_id=S, start=lambda link: None)  # type: ignore[arg-type,return-value]
+    actor = FactorActor(SERIES, store, lambda kind: hub if kind == "hub" else None,
+                        ChildLink(record, None), OPTIONS, fence=("n1", 1))
+    actor.on_start()
+    ingest(store, actor, CANDLES[:20])
+    assert store.read_factor_snapshot(S).head_time == CANDLES[19].candle_time
+    store.lease = ("n2", 2)  # claimed by another process
+    ingest(store, actor, CANDLES[20:30])
+    ingest(store, actor, CANDLES[30:40])
+    assert store.read_factor_snapshot(S).head_time == CANDLES[19].candle_time
+    assert actor.status()["stalled"].startswith("lease lost")
+    assert actor.state.head_time == CANDLES[19].candle_time

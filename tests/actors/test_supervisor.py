@@ -175,3 +175,52 @@ def test_a_refused_feed_starts_no_group() -> None:
             ref.ask(AcquireFeed(B), timeout=5)
     assert set(groups) == {A.text} and len(pykka.ActorRegistry.get_all()) == count
     ref.stop()
+
+
+class LeaseSpy(pykka.ThreadingActor):
+    """Stands in for the cluster lease actor: records what the supervisor wants."""
+
+    def __init__(self, link: ChildLink, wanted: list) -> None:
+        super().__init__()
+        self.link, self.wanted = link, wanted
+
+    def on_start(self) -> None:
+        self.link.started()
+
+    def on_receive(self, message: Any) -> Any:
+        self.wanted.append(message.series_ids)
+
+
+def test_cluster_factor_actor_runs_only_on_the_lease_owner_with_its_epoch() -> None:
+    """Issue 16: every process folded the writes it received into one shared factor ledger."""
+    from trade_canvas.actors.messages import LeasesChanged, StartGlobal
+
+    groups: dict = {}
+    started: list[tuple[str, int]] = []
+    wanted: list = []
+
+    def factor_blueprint(series, group, epoch):
+        started.append((series.text, epoch))
+        return lambda link: Echo.start(link)
+
+    ref = Supervisor.start(blueprint, StatusBoard(), groups, cluster=True,
+                           factor_blueprint=factor_blueprint)
+    ref.ask(StartGlobal("leases", lambda link: LeaseSpy.start(link, wanted)), timeout=5)
+    a = ref.ask(EnsureSeries(A), timeout=5)  # written or subscribed here: a lease is wanted
+    wait_for(lambda: wanted and A.text in wanted[-1])
+    assert "factor" not in a.children and started == []  # not the owner (yet)
+    ref.ask(LeasesChanged({A.text: 3}), timeout=5)
+    assert started == [(A.text, 3)] and "factor" in a.children
+    first = a.children["factor"].ref
+    ref.ask(LeasesChanged({A.text: 3}), timeout=5)  # renewed: the same actor goes on
+    assert a.children["factor"].ref is first and started == [(A.text, 3)]
+    ref.ask(LeasesChanged({A.text: 5}), timeout=5)  # lost and claimed back: a fresh actor
+    assert started == [(A.text, 3), (A.text, 5)] and not first.is_alive()
+    second = a.children["factor"].ref
+    ref.ask(LeasesChanged({}), timeout=5)  # fenced or lost: no factor actor here any more
+    assert "factor" not in a.children and not second.is_alive()
+    assert "echo" in a.children  # the rest of the group (hub, store) keeps serving
+    b = ref.ask(EnsureSeries(B), timeout=5)
+    ref.ask(LeasesChanged({B.text: 1}), timeout=5)
+    assert "factor" in b.children and "factor" not in a.children
+    ref.stop()

@@ -8,7 +8,7 @@ from typing import Sequence
 from trade_canvas.candles import Candle
 from trade_canvas.factors.draw import Instruction
 from trade_canvas.factors.events import FactorEvent
-from trade_canvas.storage import DrawVersion, FactorSnapshot
+from trade_canvas.storage import DrawVersion, FactorSnapshot, Fence
 
 
 class MemoryCandleStore:
@@ -88,6 +88,7 @@ class MemoryCandleStore:
         events: Sequence[FactorEvent],
         snapshot: FactorSnapshot,
         instructions: Sequence[Instruction],
+        fence: Fence | None = None,
     ) -> list[DrawVersion]:
         with self._factor_lock:
             rows = self._events.setdefault(series_id, {})

@@ -127,3 +127,47 @@ def test_one_feed_per_series_and_takeover_after_kill_9(
     assert times == sorted(set(times)), "a candle twice or out of order"
     assert times == list(range(times[0], times[-1] + 60, 60)), "a hole"
     watcher.close()
+
+
+def test_factor_ledger_of_ingest_spread_over_processes_is_one_fold(start_server, cluster_env) -> None:
+    """Issue 16: each process folded the writes it received, forking the shared factor ledger.
+
+    The series' lease owner alone runs its factor actor; writes made on other processes reach
+    it through the hints (inline candles, or a read of the store when they do not fit).
+    """
+    from tests.unit.test_factor_engine import load_recording
+    from trade_canvas.factors import engine
+    from trade_canvas.factors.engine import FactorParams
+    from trade_canvas.storage.postgres import PostgresCandleStore
+
+    servers = [start_server(**cluster_env) for _ in range(2)]
+    series = "binance:spot:FAC/USDT:1m"
+    rows = [{"candle_time": c.candle_time, "open": c.open, "high": c.high, "low": c.low,
+             "close": c.close, "volume": c.volume} for c in load_recording(600)]
+    for k, start in enumerate(range(0, 300, 30)):  # batches, alternating processes
+        status, _ = servers[k % 2].post(BATCH, {"series_id": series, "candles": rows[start:start + 30]})
+        assert status == 200
+    for i in range(300, 600):  # then single candles, alternating
+        status, _ = servers[i % 2].post(CLOSED, {"series_id": series, "candle": rows[i]})
+        assert status == 200
+    last = rows[-1]["candle_time"]
+    wait_for(lambda: servers[1].get(f"/api/factor/health?series_id={series}")[1][
+        "factor_head_time"] == last, timeout=30)
+
+    def factor_actors(server) -> int:
+        actors = server.get("/api/runtime/actors")[1]["actors"]
+        return sum(1 for a in actors if a["kind"] == "factor" and a["series_id"] == series)
+
+    assert sorted(factor_actors(s) for s in servers) == [0, 1]  # the owner's only
+    store = PostgresCandleStore(cluster_env["TRADE_CANVAS_POSTGRES_DSN"],
+                                schema=cluster_env["TRADE_CANVAS_POSTGRES_SCHEMA"],
+                                pool_min_size=0, pool_max_size=1)
+    try:
+        candles = store.read_range(series, 0, last)
+        assert len(candles) == 600
+        _, expected = engine.run(engine.initial_state(FactorParams()), candles, FactorParams())
+        stored = store.read_factor_events(series, 0, last)
+        assert expected and [(e.factor_name, e.event_key) for e in stored] == [
+            (e.factor_name, e.event_key) for e in expected]
+    finally:
+        store.close()

@@ -103,3 +103,32 @@ def test_sequenced_writes_number_each_commit(schema) -> None:
     plain.close()
     with psycopg.connect(dsn) as conn:
         assert conn.execute(f"SELECT seq FROM {name}.series_heads").fetchone()[0] == 2
+
+
+def test_factor_batches_are_fenced_by_the_lease_epoch(schema) -> None:
+    from trade_canvas.errors import Fenced
+    from trade_canvas.storage import FactorSnapshot
+
+    dsn, name = schema
+    store = PostgresCandleStore(dsn, schema=name, pool_min_size=0, pool_max_size=3)
+    a, b = node(schema, "a"), node(schema, "b")
+    sid = SERIES[0]
+    epoch = a.tick([sid]).owned[sid]
+    mine = (a.node.node_id, epoch)
+    store.save_factor_batch(sid, [], FactorSnapshot(60, "fp", "{}"), [], fence=mine)
+    assert store.read_factor_snapshot(sid).head_time == 60
+    # While an owner's batch is in flight its lease row cannot be claimed, even once expired.
+    with psycopg.connect(dsn, autocommit=True) as held:
+        with held.transaction():
+            held.execute(store._factor.fence, (sid, *mine)).fetchone()
+            time.sleep(TTL + 0.1)
+            assert b.tick([sid]).owned == {}
+        taken = b.tick([sid]).owned  # committed: now the expired lease moves
+    assert taken == {sid: epoch + 1}
+    with pytest.raises(Fenced):
+        store.save_factor_batch(sid, [], FactorSnapshot(120, "fp", "{}"), [], fence=mine)
+    assert store.read_factor_snapshot(sid).head_time == 60  # nothing of the refused batch
+    store.save_factor_batch(sid, [], FactorSnapshot(120, "fp", "{}"), [],
+                            fence=(b.node.node_id, epoch + 1))
+    assert store.read_factor_snapshot(sid).head_time == 120
+    a.close(), b.close(), store.close()

@@ -14,6 +14,10 @@ or a jump (read the store from the delivered position: "resync"). A periodic ``C
 compares the sequence numbers in ``series_heads`` with what was delivered, so a lost hint costs
 at most ``CLUSTER_RESYNC_S``. The hub's per-subscriber cursor drops anything already sent, so
 a candle is pushed once, in order, whichever process wrote it.
+
+The same ordered stream (this process's own writes included) feeds the series' factor actor,
+which runs only on the lease owner: it folds every write of the cluster in commit order, and
+its batches are fenced by the lease epoch (``save_factor_batch(fence=...)``).
 """
 
 from __future__ import annotations
@@ -29,12 +33,14 @@ from trade_canvas.actors.messages import (
     CandlesStored,
     CheckHeads,
     Crash,
+    FactorCatchUp,
     HintReceived,
     LeasesChanged,
     ListenerConnected,
     Tick,
     WantLeases,
 )
+from trade_canvas.candles import Candle
 from trade_canvas.cluster import Hint, LeaseKeeper, SeqFollower, Step
 from trade_canvas.errors import TradeCanvasError, Unavailable
 from trade_canvas.storage.leases import PostgresLeases
@@ -59,7 +65,7 @@ class LeaseActor(pykka.ThreadingActor):
         self.clock = clock
         self.wanted: frozenset[str] = frozenset()
         self.owned: dict[str, int] = {}  # series -> epoch
-        self.told: frozenset[str] | None = None
+        self.told: dict[str, int] | None = None
         self.alive = 0
         self.errors = 0
         self.last_error: str | None = None
@@ -119,7 +125,7 @@ class LeaseActor(pykka.ThreadingActor):
         if self.fence_if_due():
             return  # the tick took so long that its renewal is already too old
         self.owned = result.owned
-        owned = frozenset(result.owned)
+        owned = dict(result.owned)
         if lifted:
             logger.warning("cluster node %s renews its leases again after fencing",
                            self.leases.node.name)
@@ -135,7 +141,7 @@ class LeaseActor(pykka.ThreadingActor):
         if not self.keeper.fence_due(self.clock()):
             return self.keeper.fenced
         fence(self.link.supervisor, self.leases.node.name)
-        self.told = frozenset()
+        self.told = {}
         self.owned = {}
         return True
 
@@ -144,7 +150,7 @@ def fence(supervisor: pykka.ActorRef[Any] | None, name: str) -> None:
     """Stop every feed of this process: its leases may be claimed by others from now on."""
     logger.error("cluster node %s fenced itself: no lease renewal committed in time; its feeds "
                  "stop until a renewal commits", name)
-    tell(supervisor, LeasesChanged(frozenset()))
+    tell(supervisor, LeasesChanged({}))
 
 
 class FanoutActor(pykka.ThreadingActor):
@@ -207,10 +213,25 @@ class FanoutActor(pykka.ThreadingActor):
         step = follower.step(hint.seq, hint.candles is not None, publish=hint.kind == "c")
         if step is Step.DROP:
             self.counters["duplicates"] += 1
-        elif step is Step.DELIVER and hint.candles is not None:
+            return
+        if step is Step.DELIVER and hint.candles is not None:
             self._deliver(hint.series_id, hint.candles)
         elif step is Step.RESYNC:
             self._resync(hint.series_id, hint.seq)
+            return  # the resync also told the factor actor to read the store
+        # The next write in sequence, made here or elsewhere: the owner's factor actor (absent
+        # on every other process) folds it. In cluster mode this is its only source, so it
+        # folds writes in their commit order whichever process made them: a local write told
+        # directly could overtake an earlier one whose hint is still on its way, and the older
+        # candle would then be skipped as history. Without the candles inline it reads the store.
+        self._to_factor(hint.series_id, hint.candles)
+
+    def _to_factor(self, series_id: str, candles: tuple[Candle, ...] | None) -> None:
+        group = self.groups.get(series_id)
+        ref = group.ref("factor") if group is not None else None
+        if ref is not None:
+            tell(ref, FactorCatchUp() if candles is None else CandlesStored(candles,
+                                                                          time.monotonic()))
 
     def _follower(self, series_id: str) -> SeqFollower:
         follower = self.followers.get(series_id)
@@ -253,6 +274,7 @@ class FanoutActor(pykka.ThreadingActor):
             return
         self.counters["resyncs"] += 1
         follower.resynced(seq)
+        self._to_factor(series_id, None)
 
     def _check_heads(self, everything: bool = False) -> None:
         local = [sid for sid in self.groups if sid in self.followers or everything]

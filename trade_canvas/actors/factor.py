@@ -52,18 +52,19 @@ from trade_canvas.actors.messages import (
     ContinueFactors,
     Crash,
     DrawChanged,
+    FactorCatchUp,
     FoldPending,
 )
 from trade_canvas.candles import Candle
 from trade_canvas.config import Settings
-from trade_canvas.errors import InvalidInput
+from trade_canvas.errors import Fenced, InvalidInput
 from trade_canvas.factors import draw, engine
 from trade_canvas.factors.engine import FactorParams, FactorState
 from trade_canvas.factors.events import FactorEvent
 from trade_canvas.factors.fingerprint import fingerprint
 from trade_canvas.factors.overlay import Overlay, OverlayChange
 from trade_canvas.series import SeriesId
-from trade_canvas.storage import CandleStore, DrawVersion, FactorSnapshot
+from trade_canvas.storage import CandleStore, DrawVersion, FactorSnapshot, Fence
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +118,13 @@ class FactorActor(pykka.ThreadingActor):
         link: ChildLink,
         options: FactorOptions,
         clock: Callable[[], float] = time.monotonic,
+        fence: Fence | None = None,
     ) -> None:
         super().__init__()
+        # Cluster mode: (node id, lease epoch). Every batch is written only while the series'
+        # lease still has this epoch, so a process that lost the series can never write into
+        # the ledger its new owner continues.
+        self.fence = fence
         self.series = series
         self.sid = series.text
         self.step_s = series.timeframe.seconds  # nominal for months: window spans only
@@ -135,6 +141,7 @@ class FactorActor(pykka.ThreadingActor):
         self.cursor: int | None = None  # catching up: fold stored candles after this time
         self.backlog: list[Candle] = []  # read from the store after the cursor, not folded yet
         self.backlog_full = False
+        self.reread = False  # stored after the chunk in hand was read: read once more
         self.clock = clock
         self.pending: list[Candle] = []  # stored, not folded yet (coalescing)
         self.fold_due = False  # a FoldPending is on its way
@@ -187,6 +194,8 @@ class FactorActor(pykka.ThreadingActor):
             case FoldPending():
                 self.fold_due = False
                 return self._fold_pending()
+            case FactorCatchUp():
+                return self._catch_up_from_store()
             case Crash():
                 raise RuntimeError(f"crash requested: {message.reason}")
         logger.warning("factor actor %s ignored %r", self.sid, message)
@@ -261,10 +270,24 @@ class FactorActor(pykka.ThreadingActor):
         self.backlog = []
         self.actor_ref.tell(ContinueFactors())
 
+    def _catch_up_from_store(self) -> None:
+        """Another process stored candles this one was not given: fold what the store has."""
+        if self.stalled is not None:
+            return
+        if self.cursor is not None:
+            self.reread = True  # the chunk loop is running: one more read at its end
+            return
+        self._fold_pending()
+        if self.state.head_time is None:
+            self._catch_up_from_tail()
+        else:
+            self._schedule(self.state.head_time)
+
     def _continue(self) -> None:
-        if self.cursor is None:
+        if self.cursor is None or self.stalled is not None:
             return
         if not self.backlog:  # read a chunk, fold it over several slices
+            self.reread = False
             self.backlog = self.store.read_since(self.sid, self.cursor, self.options.chunk)
             self.backlog_full = len(self.backlog) == self.options.chunk
         candles = self.backlog
@@ -273,7 +296,7 @@ class FactorActor(pykka.ThreadingActor):
         if folded:
             self.cursor = candles[folded - 1].candle_time
             self.store_head = max(self.store_head or 0, self.cursor)
-        if self.backlog or self.backlog_full:
+        if self.backlog or self.backlog_full or self.reread:
             # Catching up is background work: between slices, give ingest, reads and other
             # series a moment (under gevent this sleep is a cooperative pause, not a block).
             time.sleep(CHUNK_PAUSE_S)
@@ -307,8 +330,13 @@ class FactorActor(pykka.ThreadingActor):
         if not candles:
             return
         self.store_head = max(self.store_head or 0, candles[-1].candle_time)
-        if self.stalled is not None or self.cursor is not None:
-            return  # stalled, or the chunk loop will read these from the store
+        if self.cursor is not None:
+            # The chunk loop reads these from the store; if the chunk in hand was read before
+            # they were stored, it reads once more before it stops.
+            self.reread = True
+            return
+        if self.stalled is not None:
+            return
         head = self.pending[-1].candle_time if self.pending else self.state.head_time
         new = [c for c in candles if head is None or c.candle_time > head]
         if len(new) < len(candles):
@@ -358,7 +386,16 @@ class FactorActor(pykka.ThreadingActor):
         assert state.head_time is not None
         change = self.overlay.advance(state, events)
         snapshot = FactorSnapshot(state.head_time, self.fingerprint, engine.state_to_json(state))
-        versions = self.store.save_factor_batch(self.sid, events, snapshot, change.changed)
+        try:
+            versions = self.store.save_factor_batch(self.sid, events, snapshot, change.changed,
+                                                    fence=self.fence)
+        except Fenced as exc:
+            # The supervisor stops this actor once the lease actor reports the loss; until
+            # then nothing more is folded (the overlay advanced in memory only).
+            self.stalled = f"lease lost: {exc}"
+            self.cursor, self.backlog, self.pending = None, [], []
+            logger.warning("factor actor %s stops writing: %s", self.sid, exc)
+            return
         self.state = state
         if self.rebuilding:
             self.rebuild_folded += folded

@@ -6,7 +6,7 @@ Commands are imperative (``StoreCandles``), events past tense (``CandlesStored``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import pykka
 
@@ -320,9 +320,18 @@ class WantLeases:
 
 @dataclass(frozen=True, slots=True)
 class LeasesChanged:
-    """The series whose lease this process now holds; empty when it fenced itself."""
+    """The series whose lease this process now holds, with their fencing epochs.
 
-    owned: frozenset[str]
+    Empty when it fenced itself. The epoch changes only when the lease moved (a claim), so an
+    owner whose epoch changed lost the series in between.
+    """
+
+    owned: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class FactorCatchUp:
+    """Another process wrote the series without the candles in the hint: read the store."""
 
 
 @dataclass(frozen=True, slots=True)

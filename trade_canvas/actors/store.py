@@ -35,8 +35,12 @@ class StoreActor(pykka.ThreadingActor):
         link: ChildLink,
         on_written: Callable[[str], None] | None = None,
         on_committed: Callable[[str, int | None, tuple[Candle, ...], bool], None] | None = None,
+        tell_factor: bool = True,
     ) -> None:
         super().__init__()
+        # False in cluster mode: the factor actor (on the lease owner only) follows the writes
+        # of every process in commit order through the fan-out actor instead.
+        self.tell_factor = tell_factor
         # Cluster mode: (series, write sequence number, candles, publish) after each commit,
         # so the other processes learn of the write (runtime/cluster.py).
         self.on_committed = on_committed
@@ -88,7 +92,8 @@ class StoreActor(pykka.ThreadingActor):
         stored = CandlesStored(message.candles, committed)
         if message.publish:
             tell(self.lookup("hub"), stored)
-        tell(self.lookup("factor"), stored)
+        if self.tell_factor:
+            tell(self.lookup("factor"), stored)
         if message.reply_to is not None:
             tell(message.reply_to, CandlesCommitted(message.batch))
         return len(message.candles)

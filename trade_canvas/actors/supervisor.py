@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import pykka
 
@@ -65,6 +65,9 @@ class SeriesGroup:
 
 Blueprint = Callable[[SeriesId, SeriesGroup], dict[str, ChildStart]]
 FeedBlueprint = Callable[[SeriesId, SeriesGroup, FeedJob], ChildStart]
+# Cluster mode: how a series' factor actor is started once this process holds the series'
+# lease, given the lease's fencing epoch (its writes are checked against it).
+FactorBlueprint = Callable[[SeriesId, SeriesGroup, int], ChildStart]
 
 
 class Supervisor(pykka.ThreadingActor):
@@ -78,6 +81,7 @@ class Supervisor(pykka.ThreadingActor):
         *,
         globals_group: SeriesGroup | None = None,
         feed_blueprint: FeedBlueprint | None = None,
+        factor_blueprint: FactorBlueprint | None = None,
         demand: FeedDemand | None = None,
         idle_ttl_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
@@ -104,12 +108,15 @@ class Supervisor(pykka.ThreadingActor):
         self.groups: dict[str, SeriesGroup] = groups if groups is not None else {}
         self.globals = globals_group if globals_group is not None else SeriesGroup(None)
         self.feed_blueprint = feed_blueprint
+        self.factor_blueprint = factor_blueprint
         self.demand = demand if demand is not None else FeedDemand(0)
         self.idle_ttl_s = idle_ttl_s
-        # Cluster mode: a feed runs only while this process holds the series' lease (the global
-        # "leases" child claims what ``demand`` wants and tells ``LeasesChanged``). None: no
-        # cluster, every wanted feed runs here.
-        self.owned: frozenset[str] | None = frozenset() if cluster else None
+        # Cluster mode: a feed and the factor actor run only while this process holds the
+        # series' lease (the global "leases" child claims what this process wants: its feed jobs
+        # and every series with a local group, and tells ``LeasesChanged`` with the epochs).
+        # None: no cluster, every wanted feed runs here and the blueprint has the factor actor.
+        self.owned: dict[str, int] | None = {} if cluster else None
+        self.factor_epochs: dict[str, int] = {}  # series -> epoch its factor actor fences with
         self.wanted: frozenset[str] = frozenset()
         self.series_idle_ttl_s = series_idle_ttl_s
         self.max_series = max_series
@@ -168,6 +175,9 @@ class Supervisor(pykka.ThreadingActor):
         # and starting a child can yield to request greenlets under gevent.
         self.groups[series.text] = group
         logger.info("series %s started (%s)", series.text, ", ".join(group.children))
+        if self.owned is not None:
+            self._start_factor(group)
+            self._want()  # a write or a subscribe here: this process may own the series
         return group
 
     def _add_child(self, group: SeriesGroup, kind: str, start: ChildStart) -> None:
@@ -206,7 +216,7 @@ class Supervisor(pykka.ThreadingActor):
 
     def _want(self, every_tick: bool = False) -> None:
         # Repeated every tick (not only on change): a restarted lease actor starts empty.
-        wanted = frozenset(self.demand.jobs)
+        wanted = frozenset(self.demand.jobs) | frozenset(self.groups)
         if self.owned is None or (wanted == self.wanted and not every_tick):
             return
         self.wanted = wanted
@@ -217,13 +227,20 @@ class Supervisor(pykka.ThreadingActor):
             except pykka.ActorDeadError:
                 pass
 
-    def _leases_changed(self, owned: frozenset[str]) -> None:
+    def _leases_changed(self, owned: Mapping[str, int]) -> None:
         if self.owned is None:
             return
-        self.owned = owned
+        self.owned = dict(owned)
         for series_id, group in list(self.groups.items()):
             if "feed" in group.children and series_id not in owned:
                 self._stop_feed(series_id, "this process no longer holds the series' lease")
+            if "factor" in group.children and self.factor_epochs.get(series_id) != owned.get(
+                    series_id):
+                # Lost, or lost and claimed again meanwhile: the ledger may have moved on.
+                self._remove_child(group, "factor")
+                self.factor_epochs.pop(series_id, None)
+                logger.info("factor actor of %s stopped: the series' lease moved", series_id)
+            self._start_factor(group)
         for series_id in sorted(owned):
             job = self.demand.jobs.get(series_id)
             if job is None:
@@ -236,6 +253,18 @@ class Supervisor(pykka.ThreadingActor):
         group = self._ensure(series)
         if self.demand.pin(series.text) or "feed" not in group.children:
             self._start_feed(group, self.demand.jobs[series.text])
+
+    def _start_factor(self, group: SeriesGroup) -> None:
+        """Cluster mode: run the group's factor actor here while this process owns the series."""
+        series = group.series
+        if self.factor_blueprint is None or self.owned is None or series is None:
+            return
+        epoch = self.owned.get(series.text)
+        if epoch is None or "factor" in group.children:
+            return
+        self.factor_epochs[series.text] = epoch
+        self._add_child(group, "factor", self.factor_blueprint(series, group, epoch))
+        logger.info("factor actor of %s started here (lease epoch %d)", series.text, epoch)
 
     def _start_feed(self, group: SeriesGroup, job: FeedJob) -> None:
         if self.feed_blueprint is None or group.series is None:
@@ -364,6 +393,7 @@ class Supervisor(pykka.ThreadingActor):
 
     def _stop_series(self, series_id: str, why: str = "") -> None:
         group = self.groups.pop(series_id, None)
+        self.factor_epochs.pop(series_id, None)
         if group is None:
             return
         for kind in reversed(list(group.children)):

@@ -66,26 +66,47 @@ def open_configured_store(settings: Settings) -> CandleStore:
 
 def make_blueprint(
     settings: Settings, store: CandleStore, generations: WriteGenerations,
-    on_committed: Callable[..., None] | None = None,
+    on_committed: Callable[..., None] | None = None, *, with_factor: bool = True,
 ) -> Callable[..., dict[str, Any]]:
-    """Return how a series group is built: one line per actor kind, in start order."""
+    """Return how a series group is built: one line per actor kind, in start order.
+
+    In cluster mode (``with_factor`` False) the factor actor is not part of the group: the
+    supervisor starts it only on the process holding the series' lease (``make_factor_blueprint``).
+    """
 
     def blueprint(series: SeriesId, group: SeriesGroup) -> dict[str, Any]:
         hub_state = HubState()
         group.in_use = lambda: bool(hub_state.subscriptions)
         factor = factor_options(settings)
-        return {
+        children = {
             "hub": lambda link: SubscriberHub.start(
                 series, store, hub_state, link,
                 catchup_limit=settings.market_ws_catchup_limit,
                 forming_interval_s=settings.market_forming_min_interval_ms / 1000.0,
             ),
             "store": lambda link: StoreActor.start(
-                series, store, group.ref, link, generations.bump, on_committed=on_committed),
+                series, store, group.ref, link, generations.bump, on_committed=on_committed,
+                tell_factor=with_factor),
             "factor": lambda link: FactorActor.start(series, store, group.ref, link, factor),
         }
+        if not with_factor:
+            del children["factor"]
+        return children
 
     return blueprint
+
+
+def make_factor_blueprint(
+    settings: Settings, store: CandleStore, node_id: str
+) -> Callable[[SeriesId, SeriesGroup, int], Any]:
+    """Return how the lease owner's factor actor of a series is started (cluster mode)."""
+
+    def factor(series: SeriesId, group: SeriesGroup, epoch: int) -> Any:
+        options = factor_options(settings)
+        return lambda link: FactorActor.start(series, store, group.ref, link, options,
+                                              fence=(node_id, epoch))
+
+    return factor
 
 
 def make_feed_blueprint(
@@ -190,9 +211,12 @@ def _start_supervisor(
     generations = WriteGenerations()
     supervisor = Supervisor.start(
         make_blueprint(settings, store, generations,
-                       cluster.notifier.written if cluster is not None else None), board, groups,
+                       cluster.notifier.written if cluster is not None else None,
+                       with_factor=cluster is None), board, groups,
         globals_group=globals_group,
         feed_blueprint=make_feed_blueprint(settings, store, rest, globals_group),
+        factor_blueprint=(make_factor_blueprint(settings, store, cluster.node.node_id)
+                          if cluster is not None else None),
         demand=FeedDemand(settings.ondemand_max_jobs),
         idle_ttl_s=settings.ondemand_idle_ttl_s,
         cluster=cluster is not None,

@@ -20,6 +20,9 @@ from trade_canvas.errors import ConfigError
 from trade_canvas.factors.draw import Instruction
 from trade_canvas.factors.events import FactorEvent
 
+# Cluster mode: (node id, lease epoch) a series' owner writes its factor batches under.
+Fence = tuple[str, int]
+
 # Most draw versions one read returns (the earlier backend's patch limit).
 DRAW_PATCH_LIMIT = 50_000
 
@@ -99,11 +102,14 @@ class CandleStore(Protocol):
         events: Sequence[FactorEvent],
         snapshot: FactorSnapshot,
         instructions: Sequence[Instruction],
+        fence: Fence | None = None,
     ) -> list[DrawVersion]:
         """Store one factor batch in one transaction; return the new draw versions.
 
         Events are inserted or ignored by ``(series_id, factor_name, event_key)``; the snapshot
         replaces the previous one; each instruction becomes a new version, in the given order.
+        ``fence`` (cluster mode, Postgres only): ``(node_id, epoch)`` of the series' lease; the
+        batch commits only while the lease still has them, else ``Fenced`` and nothing changed.
         """
 
     def read_factor_snapshot(self, series_id: str) -> FactorSnapshot | None:

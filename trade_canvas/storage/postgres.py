@@ -33,10 +33,10 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from trade_canvas.candles import Candle
-from trade_canvas.errors import ConfigError, Unavailable
+from trade_canvas.errors import ConfigError, Fenced, Unavailable
 from trade_canvas.factors.draw import Instruction
 from trade_canvas.factors.events import FactorEvent
-from trade_canvas.storage import DRAW_PATCH_LIMIT, DrawVersion, FactorSnapshot, event_rows
+from trade_canvas.storage import DRAW_PATCH_LIMIT, DrawVersion, FactorSnapshot, Fence, event_rows
 
 logger = logging.getLogger(__name__)
 
@@ -370,6 +370,12 @@ class _FactorQueries:
 
         events = "factor_name, kind, event_key, candle_time, payload_json"
         versions = "version_id, instruction_id, kind, visible_time, definition_json"
+        # Cluster mode: the batch's first statement. FOR SHARE keeps the lease row from being
+        # claimed (claims skip locked rows) until the batch committed or rolled back.
+        self.fence = render(
+            "SELECT 1 FROM {schema}.series_owners WHERE series_id = %s AND node_id = %s "
+            "AND epoch = %s FOR SHARE"
+        )
         self.insert_event = render(
             "INSERT INTO {schema}.factor_events (series_id, " + events + ") "
             "VALUES (%s, %s, %s, %s, %s, %s) "
@@ -620,13 +626,22 @@ class PostgresCandleStore:
         events: Sequence[FactorEvent],
         snapshot: FactorSnapshot,
         instructions: Sequence[Instruction],
+        fence: Fence | None = None,
     ) -> list[DrawVersion]:
-        """Store events (insert or ignore), snapshot and new draw versions in one transaction."""
+        """Store events (insert or ignore), snapshot and new draw versions in one transaction.
+
+        Raises:
+            Fenced: ``fence`` is given and the series' lease no longer has that node and epoch.
+        """
         rows = event_rows(series_id, events)
         state = (series_id, snapshot.head_time, snapshot.fingerprint, snapshot.state_json)
 
         def work(conn: Conn) -> list[DrawVersion]:
             with conn.transaction(), conn.cursor() as cur:
+                if fence is not None and cur.execute(
+                        self._factor.fence, (series_id, *fence)).fetchone() is None:
+                    raise Fenced(f"the lease of {series_id} is no longer held by node "
+                                 f"{fence[0]} at epoch {fence[1]}")
                 if rows:
                     cur.executemany(self._factor.insert_event, rows)
                 cur.execute(self._factor.upsert_state, state)

@@ -18,7 +18,7 @@ from trade_canvas.candles import Candle
 from trade_canvas.errors import Unavailable
 from trade_canvas.factors.draw import Instruction
 from trade_canvas.factors.events import FactorEvent
-from trade_canvas.storage import DRAW_PATCH_LIMIT, DrawVersion, FactorSnapshot, event_rows
+from trade_canvas.storage import DRAW_PATCH_LIMIT, DrawVersion, FactorSnapshot, Fence, event_rows
 
 logger = logging.getLogger(__name__)
 
@@ -212,6 +212,7 @@ class SqliteCandleStore:
         events: Sequence[FactorEvent],
         snapshot: FactorSnapshot,
         instructions: Sequence[Instruction],
+        fence: Fence | None = None,
     ) -> list[DrawVersion]:
         rows = event_rows(series_id, events)
 
