@@ -132,3 +132,43 @@ def test_factor_batches_are_fenced_by_the_lease_epoch(schema) -> None:
                             fence=(b.node.node_id, epoch + 1))
     assert store.read_factor_snapshot(sid).head_time == 120
     a.close(), b.close(), store.close()
+
+
+def test_a_node_below_its_share_is_handed_series_by_an_owner_above_it(schema) -> None:
+    """The first node to boot claimed everything; later ones got nothing until a kill."""
+    a, b, c = node(schema, "a"), node(schema, "b"), node(schema, "c")
+    handing: dict[str, tuple[str, ...]] = {"a": (), "b": (), "c": ()}
+
+    def round_(*nodes: PostgresLeases) -> dict[str, dict[str, int]]:
+        owned = {}
+        for n in nodes:  # as the lease actor does: asked now, handed over at the next tick
+            result = n.tick(SERIES, hand_over=handing[n.node.name])
+            handing[n.node.name] = result.asked
+            owned[n.node.name] = {s: e for s, e in result.owned.items() if s not in result.asked}
+        return owned
+
+    assert len(round_(a)["a"]) == 6  # alone
+    b.tick(SERIES)
+    first = a.tick(SERIES)
+    assert len(first.owned) == 6 and len(first.asked) == 3  # asked: stop those feeds first
+    assert b.tick(SERIES).owned == {}  # not freed before the owner handed them over
+    handing["a"] = first.asked
+    for _ in range(8):  # c joins too; a few rounds converge
+        owned = round_(a, b, c)
+        held = [s for mine in owned.values() for s in mine]
+        assert len(held) == len(set(held))  # never two owners
+    assert sorted(len(m) for m in owned.values()) == [2, 2, 2]
+    for _ in range(3):  # balanced: nothing moves any more
+        assert round_(a, b, c) == owned
+    # An asker that dies before the handoff is handed nothing.
+    d = node(schema, "d")
+    b.leave(), c.leave()
+    for _ in range(2):
+        round_(a)
+    assert len(round_(a)["a"]) == 6
+    d.tick(SERIES)  # asks for its share
+    d.close()  # and dies
+    time.sleep(TICK * 1.5)
+    a.tick(SERIES)  # reaps d
+    assert a.tick(SERIES).asked == () and len(a.tick(SERIES, hand_over=SERIES).owned) == 6
+    a.close(), b.close(), c.close()

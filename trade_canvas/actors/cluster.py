@@ -65,6 +65,9 @@ class LeaseActor(pykka.ThreadingActor):
         self.clock = clock
         self.wanted: frozenset[str] = frozenset()
         self.owned: dict[str, int] = {}  # series -> epoch
+        # Asked for by another node at the last tick: reported to the supervisor as not owned
+        # (feed and factor stop), still renewed, freed by the next tick (a handoff).
+        self.handing: tuple[str, ...] = ()
         self.told: dict[str, int] | None = None
         self.alive = 0
         self.errors = 0
@@ -72,7 +75,7 @@ class LeaseActor(pykka.ThreadingActor):
         link.record.extra = self._status
 
     def _status(self) -> dict[str, Any]:
-        return {"node_id": self.leases.node.node_id, "owned": len(self.owned),
+        return {"node_id": self.leases.node.node_id, "owned": len(self.owned), "handing": len(self.handing),
                 "wanted": len(self.wanted), "alive_nodes": self.alive,
                 "fenced": self.keeper.fenced, "fenced_at": self.keeper.fenced_at,
                 "renew_age_s": round(self.clock() - self.keeper.renewed_at, 3),
@@ -109,7 +112,7 @@ class LeaseActor(pykka.ThreadingActor):
     def _tick(self) -> None:
         sent = self.clock()
         try:
-            result = self.leases.tick(sorted(self.wanted))
+            result = self.leases.tick(sorted(self.wanted), hand_over=self.handing)
         except Unavailable as exc:
             self.errors += 1
             if self.last_error is None:
@@ -125,10 +128,14 @@ class LeaseActor(pykka.ThreadingActor):
         if self.fence_if_due():
             return  # the tick took so long that its renewal is already too old
         self.owned = result.owned
-        owned = dict(result.owned)
+        self.handing = result.asked
+        owned = {sid: epoch for sid, epoch in result.owned.items() if sid not in result.asked}
         if lifted:
             logger.warning("cluster node %s renews its leases again after fencing",
                            self.leases.node.name)
+        if result.asked:
+            logger.info("handing %d series over to nodes below their share: %s",
+                        len(result.asked), ", ".join(result.asked[:10]))
         if result.claimed:
             logger.info("claimed %d series: %s", len(result.claimed), ", ".join(
                 f"{sid} (epoch {result.owned[sid]})" for sid in result.claimed[:10]))
@@ -143,6 +150,7 @@ class LeaseActor(pykka.ThreadingActor):
         fence(self.link.supervisor, self.leases.node.name)
         self.told = {}
         self.owned = {}
+        self.handing = ()
         return True
 
 

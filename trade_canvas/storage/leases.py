@@ -42,6 +42,9 @@ class TickResult:
     alive: int
     released: tuple[str, ...] = ()
     claimed: tuple[str, ...] = ()
+    # Owned, but a live node with less than its fair share asked for them: stop their feeds,
+    # then pass them to the next tick's ``hand_over`` (still renewed until then).
+    asked: tuple[str, ...] = ()
 
 
 @dataclass
@@ -86,6 +89,40 @@ _QUERIES = {
         "UPDATE {s}.series_owners SET node_id = NULL, expires_at = now() "
         "WHERE node_id = %(node)s AND NOT (series_id = ANY(%(wanted)s)) RETURNING series_id"
     ),
+    # Asked for by a live node and already stopped here (the previous tick reported them as
+    # asked): free at once; the asker claims on the release hint.
+    "hand_over": (
+        "UPDATE {s}.series_owners o SET node_id = NULL, expires_at = now(), taker = NULL "
+        "WHERE o.node_id = %(node)s AND o.series_id = ANY(%(hand_over)s) "
+        "AND o.taker IS NOT NULL AND EXISTS (SELECT 1 FROM {s}.cluster_nodes n "
+        "WHERE n.node_id = o.taker AND n.expires_at > now()) RETURNING o.series_id"
+    ),
+    # Ours, with a live asker: reported so the feeds stop before the next tick frees them.
+    "asked": (
+        "SELECT o.series_id FROM {s}.series_owners o JOIN {s}.cluster_nodes n "
+        "ON n.node_id = o.taker AND n.expires_at > now() WHERE o.node_id = %(node)s "
+        "ORDER BY o.series_id"
+    ),
+    # Below our fair share of what we want: ask owners holding more than the cluster's
+    # average for wanted series, never more of one owner than takes it down to the average
+    # (counting what others asked of it already). Rebalances a cluster whose first node
+    # claimed everything before the others joined; a few ticks converge.
+    "ask": (
+        "WITH load AS (SELECT node_id, count(*) AS n, count(taker) AS asked "
+        "FROM {s}.series_owners WHERE node_id IS NOT NULL AND expires_at > now() "
+        "GROUP BY node_id), "
+        "target AS (SELECT ceil(sum(n)::numeric / %(alive)s) AS t FROM load), "
+        "cand AS (SELECT o.series_id, l.n - l.asked - target.t AS spare, row_number() OVER "
+        "(PARTITION BY o.node_id ORDER BY o.series_id) AS k FROM {s}.series_owners o "
+        "JOIN load l ON l.node_id = o.node_id CROSS JOIN target "
+        "WHERE o.series_id = ANY(%(wanted)s) AND o.node_id <> %(node)s "
+        "AND o.expires_at > now() AND o.taker IS NULL), "
+        "pick AS (SELECT series_id FROM {s}.series_owners WHERE series_id IN (SELECT series_id "
+        "FROM cand WHERE k <= spare ORDER BY spare DESC, series_id LIMIT %(room)s) "
+        "FOR UPDATE SKIP LOCKED) "
+        "UPDATE {s}.series_owners o SET taker = %(node)s FROM pick "
+        "WHERE o.series_id = pick.series_id RETURNING o.series_id"
+    ),
     # Still ours, even past expiry when nobody claimed it meanwhile (a Postgres restart): a
     # claim changes node_id under the row lock, so node_id = me means nobody else has it.
     "renew": (
@@ -123,7 +160,7 @@ _QUERIES = {
         "AND expires_at <= now() ORDER BY expires_at, series_id FOR UPDATE SKIP LOCKED), "
         "pick AS (SELECT series_id FROM (SELECT series_id, orphan, row_number() OVER () AS k "
         "FROM free) f WHERE orphan OR k <= %(room)s) "
-        "UPDATE {s}.series_owners o SET node_id = %(node)s, epoch = o.epoch + 1, "
+        "UPDATE {s}.series_owners o SET node_id = %(node)s, epoch = o.epoch + 1, taker = NULL, "
         "expires_at = now() + %(ttl)s * interval '1 second' FROM pick "
         "WHERE o.series_id = pick.series_id RETURNING o.series_id, o.epoch"
     ),
@@ -197,8 +234,11 @@ class PostgresLeases:
             detail = " ".join(str(exc).split())
             raise Unavailable(f"cluster leases at {self._where}: {what} failed: {detail}") from None
 
-    def tick(self, wanted: Sequence[str]) -> TickResult:
-        """Heartbeat, release what is not wanted, renew, reap the dead, claim; one transaction.
+    def tick(self, wanted: Sequence[str], hand_over: Sequence[str] = ()) -> TickResult:
+        """Heartbeat, release, hand over, renew, reap the dead, claim, ask; one transaction.
+
+        ``hand_over``: series the previous tick reported as ``asked`` whose feeds have been
+        stopped since; they are freed for their asker.
 
         Raises:
             Unavailable: the transaction did not commit (nothing about ownership is known).
@@ -206,12 +246,14 @@ class PostgresLeases:
         want = sorted(set(wanted))
         args = {"node": self.node.node_id, "name": self.node.name, "pid": self.node.pid,
                 "ttl": self.ttl_s, "tick": self.tick_s, "grace": 2 * self.tick_s,
-                "wanted": want, "new": [s for s in want if s not in self._known]}
+                "wanted": want, "new": [s for s in want if s not in self._known],
+                "hand_over": sorted(set(hand_over))}
 
         def work(cur: psycopg.Cursor[Any]) -> TickResult:
             q = self.queries
             cur.execute(q["heartbeat"], args)
             released = tuple(row[0] for row in cur.execute(q["release"], args).fetchall())
+            released += tuple(row[0] for row in cur.execute(q["hand_over"], args).fetchall())
             owned = {row[0]: int(row[1]) for row in cur.execute(q["renew"], args).fetchall()}
             cur.execute(q["reap_nodes"], args)
             cur.execute(q["reap"], args)
@@ -222,10 +264,15 @@ class PostgresLeases:
             room = claim_room(len(want), alive, len(owned))
             rows = cur.execute(q["claim"], {**args, "room": room}).fetchall()
             claimed = {row[0]: int(row[1]) for row in rows}
+            short = claim_room(len(want), alive, len(owned) + len(claimed))
+            if short and alive > 1:
+                cur.execute(q["ask"], {**args, "room": short, "alive": alive})
+            asked = tuple(row[0] for row in cur.execute(q["asked"], args).fetchall())
             if released:
                 self._notify(cur, [encode_hint(Hint("r", sid, node=self.node.node_id))
                                    for sid in released])
-            return TickResult({**owned, **claimed}, alive, released, tuple(sorted(claimed)))
+            return TickResult({**owned, **claimed}, alive, released, tuple(sorted(claimed)),
+                              asked)
 
         result: TickResult = self._transaction("tick", work)
         self._known.update(want)

@@ -221,6 +221,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ON {schema}.backtest_results (finished_at)",
         ),
     ),
+    Migration(
+        6,
+        "cluster mode: a node below its fair share asks an owner for a series (handoff)",
+        _statements("ALTER TABLE {schema}.series_owners ADD COLUMN IF NOT EXISTS taker TEXT"),
+    ),
 )
 assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
 
