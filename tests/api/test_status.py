@@ -30,6 +30,7 @@ def test_actor_status_lists_every_actor(client) -> None:
     assert body["counts_by_kind"] == {
         "supervisor": 1, "top_markets": 1, "replay_jobs": 1, "store": 1, "hub": 1, "factor": 1}
     assert body["series_count"] == 1 and body["uptime_s"] >= 0 and body["version"]
+    assert body["cluster"] is None  # one process, no cluster mode
     limits = body["rest_limits"]["api.binance.com"]
     assert limits["budget_per_minute"] == 4800 and limits["banned_for_s"] == 0
     store = next(a for a in body["actors"] if a["kind"] == "store")

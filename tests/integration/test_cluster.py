@@ -83,6 +83,10 @@ def test_writes_on_one_server_reach_subscribers_of_the_others(start_server, clus
     heads = {s["series_id"]: s for s in servers[2].get("/api/runtime/cluster")[1]["series"]}
     assert heads.get(series) is None or heads[series]["seq"] >= 31  # owner rows: fed series only
     assert servers[1].get("/api/ready")[0] == 200
+    local = servers[1].get("/api/runtime/actors")[1]["cluster"]  # this process's side
+    assert local["node_id"] == servers[1].get("/api/runtime/cluster")[1]["this_node"]["node_id"]
+    assert local["fenced"] is False and local["listener"]["connected"] is True
+    assert local["listener"]["notifications"] > 0 and local["notifier"]["errors"] == 0
 
 
 def test_one_feed_per_series_and_takeover_after_kill_9(

@@ -172,3 +172,24 @@ def test_a_node_below_its_share_is_handed_series_by_an_owner_above_it(schema) ->
     a.tick(SERIES)  # reaps d
     assert a.tick(SERIES).asked == () and len(a.tick(SERIES, hand_over=SERIES).owned) == 6
     a.close(), b.close(), c.close()
+
+
+def test_boot_warns_when_the_cluster_may_exceed_max_connections(schema, caplog) -> None:
+    from trade_canvas.config import load_settings
+    from trade_canvas.runtime.cluster import warn_connection_budget
+
+    dsn, name = schema
+    leases = node(schema, "a")
+    base = {"TRADE_CANVAS_ENABLE_PG_STORE": "1", "TRADE_CANVAS_POSTGRES_DSN": dsn,
+            "TRADE_CANVAS_POSTGRES_SCHEMA": name}
+    with psycopg.connect(dsn) as conn:
+        room = conn.execute("SELECT current_setting('max_connections')::int - "
+                            "current_setting('superuser_reserved_connections')::int").fetchone()[0]
+    small = load_settings({**base, "TRADE_CANVAS_POSTGRES_POOL_MAX_SIZE": "2"})
+    assert warn_connection_budget(small, leases) is None
+    pool = room // 2  # two processes of this size cannot fit
+    big = load_settings({**base, "TRADE_CANVAS_WORKERS": "2",
+                         "TRADE_CANVAS_POSTGRES_POOL_MAX_SIZE": str(pool)})
+    assert warn_connection_budget(big, leases) == 2 * (pool + 3)
+    assert "max_connections" in caplog.text and "TRADE_CANVAS_POSTGRES_POOL_MAX_SIZE" in caplog.text
+    leases.close()

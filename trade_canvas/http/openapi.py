@@ -86,6 +86,7 @@ SCHEMAS: dict[str, Schema] = {
     "StatusBoard": obj({"version": STR, "started_at": NUM, "uptime_s": NUM, "store_backend": STR,
                         "counts_by_kind": OBJ, "series_count": INT,
                         "websocket_connections": INT, "read_cache": OBJ, "rest_limits": OBJ,
+                        "cluster": {"type": ["object", "null"]},
                         "actors": array(ref("Actor"))}),
     "Job": obj({"status": STR, "job_id": STR}),
     # WebSocket messages (see /ws/market)

@@ -96,7 +96,32 @@ def open_cluster(settings: Settings) -> Cluster:
                           tick_s=settings.cluster_tick_s, ttl_s=settings.cluster_lease_ttl_s)
     keeper = LeaseKeeper(settings.cluster_lease_ttl_s, settings.cluster_tick_s, time.monotonic())
     logger.info("cluster mode: node %s (%s) on channel %s", node.name, node.node_id, channel)
+    warn_connection_budget(settings, view)
     return Cluster(settings, node, keeper, notifier, view)
+
+
+def warn_connection_budget(settings: Settings, leases: PostgresLeases) -> int | None:
+    """Warn when the cluster's processes may open more connections than the server allows.
+
+    Each process holds its pool plus three connections (lease control, listener, notifier);
+    the processes counted are the live nodes plus this server's workers. Returns the number
+    needed when it is too many (None otherwise, or when the check itself failed).
+    """
+    try:
+        room, alive = leases.connection_room()
+    except Unavailable as exc:
+        logger.warning("cluster: could not check max_connections: %s", exc)
+        return None
+    processes = alive + settings.workers
+    needed = processes * (settings.postgres_pool_max_size + 3)
+    if needed <= room:
+        return None
+    logger.warning(
+        "cluster: %d processes x (TRADE_CANVAS_POSTGRES_POOL_MAX_SIZE=%d + 3) = %d connections "
+        "may be opened, but the server allows %d (max_connections - "
+        "superuser_reserved_connections): lower the pool size or raise max_connections",
+        processes, settings.postgres_pool_max_size, needed, room)
+    return needed
 
 
 def start_cluster(

@@ -301,6 +301,8 @@ class Runtime:
             "websocket_connections": len(self.connections),
             "read_cache": self.read_cache.snapshot(),
             "rest_limits": {host: limiter.snapshot() for host, limiter in self.rest.limiters.items()},
+            # Cluster mode: this process's node, fencing, listener and notifier (None outside).
+            "cluster": self.cluster.local_view() if self.cluster is not None else None,
             "actors": actors,
         }
 

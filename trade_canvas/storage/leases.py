@@ -295,6 +295,17 @@ class PostgresLeases:
 
         return self._transaction("leave", work)  # type: ignore[no-any-return]
 
+    def connection_room(self) -> tuple[int, int]:
+        """Return (connections ordinary sessions may open on the server, live nodes)."""
+
+        def work(cur: psycopg.Cursor[Any]) -> tuple[int, int]:
+            row = cur.execute(
+                "SELECT current_setting('max_connections')::int - "
+                "current_setting('superuser_reserved_connections')::int").fetchone()
+            return int(_one(row)), int(_one(cur.execute(self.queries["alive"]).fetchone()))
+
+        return self._transaction("connection check", work)  # type: ignore[no-any-return]
+
     def view(self) -> dict[str, Any]:
         """Return the cluster as the tables show it (GET /api/runtime/cluster)."""
 
