@@ -1,6 +1,6 @@
 """Cluster mode's decisions, as pure values: lease fencing, fair shares, hint sequences.
 
-Several processes share one Postgres database (README "Running many processes"). Each series is
+Several processes share one Postgres database (README "Running several processes"). Each series is
 owned by at most one process at a time through a lease row with a fencing epoch; the owner runs
 its feed. Every candle write bumps the series' sequence number in the same transaction, and a
 notification ("hint") carries ``(series, seq, candles)`` to the other processes. Hints are lossy,

@@ -175,3 +175,34 @@ def test_factor_ledger_of_ingest_spread_over_processes_is_one_fold(start_server,
             (e.factor_name, e.event_key) for e in expected]
     finally:
         store.close()
+
+
+def test_listen_dsn_carries_the_session_connections_only(start_server, cluster_env) -> None:
+    """POSTGRES_LISTEN_DSN (a direct DSN next to a pooled POSTGRES_DSN): the listener and the
+    lease control connection use it, the store's pool does not. Cutting it fences the process
+    (ready 503) while reads through the pool go on; restoring it lifts the fence."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    from tests.fakes.tcp_relay import TcpRelay
+
+    dsn = cluster_env["TRADE_CANVAS_POSTGRES_DSN"]
+    target = conninfo_to_dict(dsn)
+    relay = TcpRelay(str(target.get("host", "127.0.0.1")), int(target.get("port", 5432)))
+    env = {**cluster_env, "TRADE_CANVAS_POSTGRES_LISTEN_DSN": make_conninfo(
+        dsn, host="127.0.0.1", port=relay.port), "TRADE_CANVAS_CLUSTER_TICK_S": "0.2",
+        "TRADE_CANVAS_CLUSTER_LEASE_TTL_S": "1", "TRADE_CANVAS_CLUSTER_RESYNC_S": "0.5"}
+    server = start_server(**env)
+    series = "binance:spot:LDS/USDT:1m"
+    base = aligned_past(10)
+    assert server.post(CLOSED, {"series_id": series, "candle": candle(base)})[0] == 200
+    wait_for(lambda: server.get("/api/ready")[0] == 200)
+    relay.cut()
+    assert wait_for(lambda: server.get("/api/ready")[0] == 503, timeout=10)
+    wait_for(lambda: (lambda c: c["fenced"] and not c["listener"]["connected"])(
+        server.get("/api/runtime/actors")[1]["cluster"]), timeout=10)
+    status, body = server.get(f"/api/market/candles?series_id={series}&limit=5")
+    assert status == 200 and body["candles"][-1]["candle_time"] == base  # the pool is direct
+    assert server.post(CLOSED, {"series_id": series, "candle": candle(base + 60)})[0] == 200
+    relay.restore()
+    assert wait_for(lambda: server.get("/api/ready")[0] == 200, timeout=15)
+    assert server.get("/api/runtime/actors")[1]["cluster"]["fenced"] is False

@@ -277,7 +277,7 @@ class Settings:
                                                 "connect timeout")
     postgres_pool_min_size: int = setting("POSTGRES_POOL_MIN_SIZE", _int(0), 1, "pool minimum")
     postgres_pool_max_size: int = setting("POSTGRES_POOL_MAX_SIZE", _int(1), 10, "pool maximum")
-    # -- many processes on one Postgres (README "Running many processes")
+    # -- many processes on one Postgres (README "Running several processes")
     workers: int = setting(
         "WORKERS", _int(1, 64), 1,
         "server processes (gunicorn workers); more than 1 needs the Postgres store and turns "
@@ -286,6 +286,11 @@ class Settings:
         "CLUSTER", _bool, False,
         "cluster mode on the Postgres store (series leases, cross-process fan-out), for several "
         "servers on one database; WORKERS>1 turns it on too")
+    postgres_listen_dsn: str = setting(
+        "POSTGRES_LISTEN_DSN", _str, "",
+        "cluster mode: a direct (session) DSN for the notification listener and the lease "
+        "control connection, when POSTGRES_DSN goes through a transaction-mode pooler such as "
+        "PgBouncer (empty: POSTGRES_DSN)", secret=True)
     cluster_node_name: str = setting(
         "CLUSTER_NODE_NAME", _str, "",
         "this process's name in /api/runtime/cluster (empty: host:pid)")
@@ -388,6 +393,11 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     if problems:
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
     return settings
+
+
+def session_dsn(settings: Settings) -> str:
+    """Return the DSN of cluster mode's session connections (listener, lease control)."""
+    return settings.postgres_listen_dsn or settings.postgres_dsn
 
 
 def cluster_mode(settings: Settings) -> bool:

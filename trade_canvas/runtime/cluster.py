@@ -21,7 +21,7 @@ from trade_canvas.actors.cluster import FanoutActor, LeaseActor, fence
 from trade_canvas.actors.messages import CheckHeads, HintReceived, ListenerConnected, StartGlobal, Tick
 from trade_canvas.actors.plumbing import tell
 from trade_canvas.cluster import Hint, LeaseKeeper
-from trade_canvas.config import Settings
+from trade_canvas.config import Settings, session_dsn
 from trade_canvas.errors import Unavailable
 from trade_canvas.storage.broker import Listener, Notifier
 from trade_canvas.storage.leases import Node, PostgresLeases, channel_name
@@ -92,7 +92,7 @@ def open_cluster(settings: Settings) -> Cluster:
     notifier = Notifier(settings.postgres_dsn, channel, node.node_id,
                         connect_timeout_s=settings.postgres_connect_timeout_s)
     notifier.start()
-    view = PostgresLeases(settings.postgres_dsn, settings.postgres_schema, node,
+    view = PostgresLeases(session_dsn(settings), settings.postgres_schema, node,
                           tick_s=settings.cluster_tick_s, ttl_s=settings.cluster_lease_ttl_s)
     keeper = LeaseKeeper(settings.cluster_lease_ttl_s, settings.cluster_tick_s, time.monotonic())
     logger.info("cluster mode: node %s (%s) on channel %s", node.name, node.node_id, channel)
@@ -134,7 +134,7 @@ def start_cluster(
 ) -> None:
     """Start the lease and fan-out actors under the supervisor, the listener and the watchdog."""
     settings = cluster.settings
-    leases = PostgresLeases(settings.postgres_dsn, settings.postgres_schema, cluster.node,
+    leases = PostgresLeases(session_dsn(settings), settings.postgres_schema, cluster.node,
                             tick_s=settings.cluster_tick_s, ttl_s=settings.cluster_lease_ttl_s)
     supervisor.tell(StartGlobal("leases", lambda link: LeaseActor.start(
         leases, cluster.keeper, link)))
@@ -151,7 +151,7 @@ def start_cluster(
 
     node_id = cluster.node.node_id
     cluster.listener = Listener(
-        settings.postgres_dsn, channel_name(settings.postgres_schema), node_id,
+        session_dsn(settings), channel_name(settings.postgres_schema), node_id,
         on_hint=lambda hint: to_fanout(HintReceived(hint)),
         on_connected=lambda: to_fanout(ListenerConnected()),
         ping=lambda: cluster.notifier.send(Hint("p", "", 0, None, node_id)),

@@ -69,7 +69,7 @@ class Server(BaseApplication):  # type: ignore[misc]
         self.options = {
             "bind": f"{host}:{port}",
             # More than one only in cluster mode (Postgres): each worker is a node that owns
-            # some series and follows the others' writes (README "Running many processes").
+            # some series and follows the others' writes (README "Running several processes").
             "workers": workers,
             "worker_class": WORKER_CLASS,
             "worker_connections": 10000,

@@ -73,7 +73,7 @@ class Runtime:
     replays: ReplayPackages | None = None  # replay packages: a supervised job runner
     journal: DebugJournal | None = None  # recent backend events for /ws/debug (debug API)
     stop_journal: Callable[[], None] | None = None
-    cluster: Any = None  # runtime.cluster.Cluster in cluster mode (README "Running many processes")
+    cluster: Any = None  # runtime.cluster.Cluster in cluster mode (README "Running several processes")
 
     # -- candles
 
