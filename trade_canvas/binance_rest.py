@@ -22,7 +22,7 @@ from typing import Callable, TypeVar
 from urllib.parse import urlsplit
 
 from trade_canvas.candles import Candle
-from trade_canvas.config import Settings
+from trade_canvas.config import Settings, processes_per_ip
 from trade_canvas.errors import TradeCanvasError, Unavailable, UpstreamError
 from trade_canvas.exchanges import binance
 from trade_canvas.series import SeriesId
@@ -44,7 +44,14 @@ class RateLimited(Unavailable):
 
 
 class RestLimiter:
-    """Request weight budget per minute plus a ban clock, for one host."""
+    """Request weight budget per minute plus a ban clock, for one host.
+
+    Binance counts weight per IP. With ``processes`` server processes behind one IP (cluster
+    mode, ``TRADE_CANVAS_CLUSTER_PROCESSES_PER_IP``) each spends at most its share of the
+    budget, so together they stay under it; the server's count of the IP's weight
+    (``X-MBX-USED-WEIGHT-1M``) is held against the whole IP's budget, so a process never spends
+    what the others (or another program on the IP) already used.
+    """
 
     def __init__(
         self,
@@ -54,8 +61,12 @@ class RestLimiter:
         sleep: Callable[[float], None] = time.sleep,
         headroom: float = 0.8,
         max_wait_s: float = 30.0,
+        processes: int = 1,
     ) -> None:
-        self.budget = max(1, int(weight_per_minute * headroom))
+        self.processes = max(1, processes)
+        self.ip_budget = max(1, int(weight_per_minute * headroom))
+        self.budget = max(1, self.ip_budget // self.processes)  # this process's share
+        self.ip_used = 0  # the IP's weight this minute, as far as we know (ours included)
         self.clock = clock
         self.sleep = sleep
         self.max_wait_s = max_wait_s
@@ -74,6 +85,7 @@ class RestLimiter:
                 wait = self._wait_for(now, weight)
                 if wait <= 0:
                     self.used += weight
+                    self.ip_used += weight
                     self.requests += 1
                     return
             if wait > self.max_wait_s:
@@ -85,15 +97,22 @@ class RestLimiter:
             return self.banned_until - now
         minute = int(now // 60)
         if minute != self.window:
-            self.window, self.used = minute, 0
-        if self.used + weight <= self.budget or self.used == 0:
+            self.window, self.used, self.ip_used = minute, 0, 0
+        fits = self.used + weight <= self.budget and self.ip_used + weight <= self.ip_budget
+        if fits or self.used == 0:
             return 0.0
         return (minute + 1) * 60 - now
 
     def observe_used_weight(self, used: int) -> None:
-        """Adopt the server's count of weight used this minute (X-MBX-USED-WEIGHT-1M)."""
+        """Adopt the server's count of the IP's weight this minute (X-MBX-USED-WEIGHT-1M).
+
+        With one process per IP that count is this process's too (other programs on the IP
+        spend our budget); with several, it is held against the IP's budget only.
+        """
         with self._lock:
-            self.used = max(self.used, used)
+            self.ip_used = max(self.ip_used, used)
+            if self.processes == 1:
+                self.used = max(self.used, used)
 
     def ban(self, seconds: float) -> None:
         """Refuse every request to this host for ``seconds``."""
@@ -105,6 +124,8 @@ class RestLimiter:
         """Return counters for the status endpoint."""
         with self._lock:
             return {"budget_per_minute": self.budget, "used_this_minute": self.used,
+                    "ip_budget_per_minute": self.ip_budget, "ip_used_this_minute": self.ip_used,
+                    "processes_per_ip": self.processes,
                     "banned_for_s": max(0.0, round(self.banned_until - self.clock(), 1)),
                     "requests": self.requests, "bans": self.bans}
 
@@ -112,8 +133,13 @@ class RestLimiter:
 class BinanceRest:
     """GET requests to Binance spot/futures REST, limited per host."""
 
-    def __init__(self, base_urls: dict[str, str], timeout_s: float = 10.0) -> None:
-        """Build a client for ``{market: base url}``; one limiter per distinct host."""
+    def __init__(
+        self, base_urls: dict[str, str], timeout_s: float = 10.0, processes_per_ip: int = 1
+    ) -> None:
+        """Build a client for ``{market: base url}``; one limiter per distinct host.
+
+        ``processes_per_ip``: processes sharing the IP's budgets; each limiter spends a share.
+        """
         self.base_urls = base_urls
         self.timeout_s = timeout_s
         self.limiters: dict[str, RestLimiter] = {}
@@ -121,14 +147,16 @@ class BinanceRest:
             host = urlsplit(url).netloc
             limits = binance.limits_for(market)
             if host not in self.limiters:
-                self.limiters[host] = RestLimiter(limits.request_weight_per_minute)
+                self.limiters[host] = RestLimiter(limits.request_weight_per_minute,
+                                                  processes=processes_per_ip)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BinanceRest:
         """Build the client of the configured spot and futures base URLs."""
         return cls({"spot": settings.binance_spot_base_url,
                     "futures": settings.binance_futures_base_url},
-                   timeout_s=settings.binance_rest_timeout_s)
+                   timeout_s=settings.binance_rest_timeout_s,
+                   processes_per_ip=processes_per_ip(settings))
 
     def limiter(self, market: str) -> RestLimiter:
         """Return the limiter of a market's host."""

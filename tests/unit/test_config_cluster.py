@@ -2,7 +2,7 @@
 
 import pytest
 
-from trade_canvas.config import cluster_mode, load_settings
+from trade_canvas.config import cluster_mode, load_settings, processes_per_ip
 from trade_canvas.errors import ConfigError
 
 PG = {"TRADE_CANVAS_ENABLE_PG_STORE": "1", "TRADE_CANVAS_POSTGRES_DSN": "postgresql://u@h/db"}
@@ -34,3 +34,14 @@ def test_refused(env: dict[str, str], message: str) -> None:
 ])
 def test_cluster_mode_on_postgres(env: dict[str, str]) -> None:
     assert cluster_mode(load_settings(env))
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, 1),
+    ({**PG, "TRADE_CANVAS_WORKERS": "4"}, 4),  # cluster mode: the workers of one server
+    ({**PG, "TRADE_CANVAS_CLUSTER": "1"}, 1),  # one process per host
+    ({**PG, "TRADE_CANVAS_CLUSTER": "1", "TRADE_CANVAS_CLUSTER_PROCESSES_PER_IP": "3"}, 3),
+    ({**PG, "TRADE_CANVAS_WORKERS": "4", "TRADE_CANVAS_CLUSTER_PROCESSES_PER_IP": "8"}, 8),
+])
+def test_processes_per_ip(env: dict[str, str], expected: int) -> None:
+    assert processes_per_ip(load_settings(env)) == expected

@@ -49,8 +49,16 @@ class ConnectBudget:
     """Connection attempts allowed in a sliding window (Binance: 300 per 5 minutes per IP).
 
     We keep to 80 % of the limit so a burst of reconnects after a network blip can never get the
-    IP refused; attempts over the budget are postponed, not dropped.
+    IP refused; attempts over the budget are postponed, not dropped. ``share`` returns one
+    process's part of that when several processes connect from one IP.
     """
+
+    HEADROOM = 0.8
+
+    @classmethod
+    def share(cls, per_ip_limit: int, processes: int = 1) -> ConnectBudget:
+        """Return the budget of one of ``processes`` processes sharing an IP's ``per_ip_limit``."""
+        return cls(int(per_ip_limit * cls.HEADROOM) // max(1, processes))
 
     def __init__(self, limit: int, window_s: float = 300.0) -> None:
         self.limit = max(1, limit)
@@ -114,6 +122,7 @@ class StreamConnections(pykka.ThreadingActor):
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
         tick_s: float = 0.25,
+        processes_per_ip: int = 1,
     ) -> None:
         super().__init__()
         self.market = market
@@ -122,7 +131,7 @@ class StreamConnections(pykka.ThreadingActor):
         limits = binance.limits_for(market)
         self.per_connection = min(streams_per_connection, limits.streams_per_connection)
         self.method_interval_s = 1.0 / limits.incoming_messages_per_second
-        self.budget = ConnectBudget(int(limits.connections_per_5_minutes_per_ip * 0.8))
+        self.budget = ConnectBudget.share(limits.connections_per_5_minutes_per_ip, processes_per_ip)
         self.silence_timeout_s = silence_timeout_s
         self.clock = clock
         self.backoff_initial_s = backoff_initial_s

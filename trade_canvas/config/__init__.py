@@ -305,6 +305,10 @@ class Settings:
         "CLUSTER_RESYNC_S", _float(0.1), 2.0,
         "seconds between two checks of every followed series' write sequence (repairs lost "
         "notifications)")
+    cluster_processes_per_ip: int = setting(
+        "CLUSTER_PROCESSES_PER_IP", _int(0, 1024), 0,
+        "server processes sharing this host's public IP: Binance's per-IP REST weight and "
+        "connection budgets are divided by it (0: WORKERS in cluster mode, else 1)")
     # -- factors
     factor_pivot_window_major: int = setting(
         "PIVOT_WINDOW_MAJOR", _int(1), 50, "major pivot half-window, in candles")
@@ -403,6 +407,13 @@ def session_dsn(settings: Settings) -> str:
 def cluster_mode(settings: Settings) -> bool:
     """Whether this process shares its series with others (leases and cross-process fan-out)."""
     return settings.enable_pg_store and (settings.cluster or settings.workers > 1)
+
+
+def processes_per_ip(settings: Settings) -> int:
+    """Return how many processes share this one's per-IP Binance budgets (at least 1)."""
+    if settings.cluster_processes_per_ip:
+        return settings.cluster_processes_per_ip
+    return settings.workers if cluster_mode(settings) else 1
 
 
 def cluster_problems(settings: Settings) -> list[str]:

@@ -28,7 +28,14 @@ from trade_canvas.actors.plumbing import StatusBoard
 from trade_canvas.actors.store import StoreActor
 from trade_canvas.actors.supervisor import SeriesGroup, Supervisor
 from trade_canvas.binance_rest import BinanceRest
-from trade_canvas.config import Settings, cluster_mode, load_settings, load_whitelist, unknown_names
+from trade_canvas.config import (
+    Settings,
+    cluster_mode,
+    load_settings,
+    load_whitelist,
+    processes_per_ip,
+    unknown_names,
+)
 from trade_canvas.errors import ConfigError, TradeCanvasError, Unavailable
 from trade_canvas.exchanges import binance
 from trade_canvas.feed_demand import FeedDemand, FeedJob
@@ -156,6 +163,7 @@ def _start_feeds(runtime: Runtime) -> None:
             m, u, link,
             streams_per_connection=settings.binance_ws_streams_per_connection,
             silence_timeout_s=settings.binance_ws_silence_timeout_s,
+            processes_per_ip=processes_per_ip(settings),
         ))(market, url)
         runtime.supervisor.tell(StartGlobal(f"streams:{market}", start))
     if not settings.enable_whitelist_ingest:
