@@ -4,11 +4,16 @@ On-demand feeds are reference counted per subscription. A feed whose count drops
 reaped after an idle TTL; when the cap is reached a new feed evicts the longest-idle one, and if
 none is idle the caller gets ``CapacityExceeded``. Pinned feeds are never reaped or evicted and
 do not count against the cap.
+
+``FeedDemand`` is the whole model for one process. In cluster mode the same decisions are made
+for every process at once by ``storage/feed_refs.py ClusterFeedDemand`` (``Demand``, the
+interface both offer the supervisor); a property test checks that the two agree.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from trade_canvas.errors import CapacityExceeded
 
@@ -29,6 +34,22 @@ class Acquired:
 
     start: bool
     evict: tuple[str, ...]
+
+
+class Demand(Protocol):
+    """What the supervisor asks of the feed demand, in one process or for the cluster."""
+
+    jobs: dict[str, FeedJob]
+
+    def pin(self, series_id: str) -> bool: ...
+
+    def acquire(self, series_id: str, now: float) -> Acquired: ...
+
+    def release(self, series_id: str, now: float) -> None: ...
+
+    def expired(self, now: float, ttl_s: float) -> list[str]: ...
+
+    def close(self) -> None: ...
 
 
 class FeedDemand:
@@ -88,6 +109,9 @@ class FeedDemand:
         for series_id in gone:
             del self.jobs[series_id]
         return gone
+
+    def close(self) -> None:
+        """Nothing to give back: the counts die with the process."""
 
     def _ondemand_count(self) -> int:
         return sum(1 for job in self.jobs.values() if not job.pinned)

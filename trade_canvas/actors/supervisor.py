@@ -37,7 +37,7 @@ from trade_canvas.actors.messages import (
     WantLeases,
 )
 from trade_canvas.errors import CapacityExceeded
-from trade_canvas.feed_demand import FeedDemand, FeedJob
+from trade_canvas.feed_demand import Demand, FeedDemand, FeedJob
 from trade_canvas.series import SeriesId, parse_series_id
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class Supervisor(pykka.ThreadingActor):
         globals_group: SeriesGroup | None = None,
         feed_blueprint: FeedBlueprint | None = None,
         factor_blueprint: FactorBlueprint | None = None,
-        demand: FeedDemand | None = None,
+        demand: Demand | None = None,
         idle_ttl_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
@@ -109,7 +109,8 @@ class Supervisor(pykka.ThreadingActor):
         self.globals = globals_group if globals_group is not None else SeriesGroup(None)
         self.feed_blueprint = feed_blueprint
         self.factor_blueprint = factor_blueprint
-        self.demand = demand if demand is not None else FeedDemand(0)
+        # Per process (FeedDemand) or, in cluster mode, for the whole cluster (ClusterFeedDemand).
+        self.demand: Demand = demand if demand is not None else FeedDemand(0)
         self.idle_ttl_s = idle_ttl_s
         # Cluster mode: a feed and the factor actor run only while this process holds the
         # series' lease (the global "leases" child claims what this process wants: its feed jobs
@@ -134,6 +135,7 @@ class Supervisor(pykka.ThreadingActor):
             self._stop_series(series_id)
         for kind in reversed(list(self.globals.children)):
             self._remove_child(self.globals, kind)
+        self.demand.close()
         self.record.move(ChildState.STOPPED)
 
     def on_receive(self, message: Any) -> Any:

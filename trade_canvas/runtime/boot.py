@@ -38,7 +38,7 @@ from trade_canvas.config import (
 )
 from trade_canvas.errors import ConfigError, TradeCanvasError, Unavailable
 from trade_canvas.exchanges import binance
-from trade_canvas.feed_demand import FeedDemand, FeedJob
+from trade_canvas.feed_demand import Demand, FeedDemand, FeedJob
 from trade_canvas.runtime.backtest import start_backtests
 from trade_canvas.runtime.cache import ResponseCache, WriteGenerations
 from trade_canvas.runtime.cluster import Cluster, open_cluster, start_cluster
@@ -50,6 +50,7 @@ from trade_canvas.runtime.system import Runtime
 from trade_canvas.runtime.top_markets import start_top_markets
 from trade_canvas.series import SeriesId, parse_series_id
 from trade_canvas.storage import CandleStore, open_store
+from trade_canvas.storage.feed_refs import ClusterFeedDemand
 from trade_canvas.storage.lockfile import LockFile, hold_lock
 
 logger = logging.getLogger(__name__)
@@ -225,7 +226,7 @@ def _start_supervisor(
         feed_blueprint=make_feed_blueprint(settings, store, rest, globals_group),
         factor_blueprint=(make_factor_blueprint(settings, store, cluster.node.node_id)
                           if cluster is not None else None),
-        demand=FeedDemand(settings.ondemand_max_jobs),
+        demand=make_demand(settings, cluster),
         idle_ttl_s=settings.ondemand_idle_ttl_s,
         cluster=cluster is not None,
         series_idle_ttl_s=settings.series_idle_ttl_s,
@@ -237,6 +238,16 @@ def _start_supervisor(
         generations=generations, globals_group=globals_group,
         read_cache=ResponseCache(settings.read_cache_mb << 20),
     )
+
+
+def make_demand(settings: Settings, cluster: Cluster | None) -> Demand:
+    """Return the on-demand feed model: this process's, or the cluster's in cluster mode."""
+    if cluster is None:
+        return FeedDemand(settings.ondemand_max_jobs)
+    return ClusterFeedDemand(
+        settings.postgres_dsn, settings.postgres_schema, cluster.node, settings.ondemand_max_jobs,
+        tick_s=settings.cluster_tick_s, grace_s=settings.cluster_lease_ttl_s,
+        connect_timeout_s=settings.postgres_connect_timeout_s)
 
 
 def _start_journal(runtime: Runtime) -> None:

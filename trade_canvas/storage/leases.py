@@ -181,12 +181,32 @@ _QUERIES = {
         "LEFT JOIN {s}.series_heads h ON h.series_id = o.series_id ORDER BY o.series_id"
     ),
     "queue_usage": "SELECT pg_notification_queue_usage()",
+    "feed_jobs": "SELECT series_id, idle_since FROM {s}.feed_jobs",
+    "feed_refs": "SELECT series_id, node_id, refs, pinned FROM {s}.feed_refs ORDER BY node_id",
 }
 
 
 def channel_name(schema: str) -> str:
     """Return the NOTIFY channel of a schema's cluster."""
     return f"tc_{schema}"[:63]
+
+
+def control_connection(
+    dsn: str, application_name: str, tick_s: float, connect_timeout_s: float
+) -> psycopg.Connection[Any]:
+    """Open an autocommit connection whose statements, lock waits and idle transactions, and
+    whose TCP writes, time out after two ticks (a lock wait after one): a cluster control
+    transaction never hangs long, nor holds its locks long when its process freezes."""
+    timeout_ms = max(100, int(tick_s * 2000))
+    return psycopg.connect(
+        dsn, autocommit=True,
+        connect_timeout=max(1, math.ceil(connect_timeout_s)),
+        application_name=application_name[:63],
+        options=(f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms // 2} "
+                 f"-c idle_in_transaction_session_timeout={timeout_ms}"),
+        keepalives=1, keepalives_idle=1, keepalives_interval=1, keepalives_count=2,
+        tcp_user_timeout=timeout_ms,
+    )
 
 
 class PostgresLeases:
@@ -211,16 +231,8 @@ class PostgresLeases:
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            timeout_ms = max(100, int(self.tick_s * 2000))
-            self._conn = psycopg.connect(
-                self.dsn, autocommit=True,
-                connect_timeout=max(1, math.ceil(self.connect_timeout_s)),
-                application_name=f"trade_canvas.leases:{self.node.name}"[:63],
-                options=(f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms // 2} "
-                         f"-c idle_in_transaction_session_timeout={timeout_ms}"),
-                keepalives=1, keepalives_idle=1, keepalives_interval=1, keepalives_count=2,
-                tcp_user_timeout=timeout_ms,
-            )
+            self._conn = control_connection(self.dsn, f"trade_canvas.leases:{self.node.name}",
+                                            self.tick_s, self.connect_timeout_s)
         return self._conn
 
     def _transaction(self, what: str, work: Any) -> Any:
@@ -319,8 +331,11 @@ class PostgresLeases:
                        "expires_in_s": round(float(r[3]), 3),
                        "seq": None if r[4] is None else int(r[4]), "head_time": r[5]}
                       for r in cur.execute(q["owners"]).fetchall()]
+            jobs = {r[0]: r[1] for r in cur.execute(q["feed_jobs"]).fetchall()}
+            refs = cur.execute(q["feed_refs"]).fetchall()
             usage = float(_one(cur.execute(q["queue_usage"]).fetchone()))
-            return {"nodes": nodes, "series": series, "notification_queue_usage": usage}
+            return {"nodes": nodes, "series": _with_demand(series, jobs, refs),
+                    "notification_queue_usage": usage}
 
         return self._transaction("view", work)  # type: ignore[no-any-return]
 
@@ -328,6 +343,32 @@ class PostgresLeases:
         """Close the control connection (the next call reconnects)."""
         conn, self._conn = self._conn, None
         close_quietly(conn)
+
+
+def _with_demand(
+    series: list[dict[str, Any]], jobs: dict[str, float | None], refs: list[tuple[Any, ...]]
+) -> list[dict[str, Any]]:
+    """Add who pins, who subscribes and since when nobody does to the lease rows.
+
+    A series with subscribers or a job but no lease row yet is listed without an owner.
+    """
+    by_id = {entry["series_id"]: entry for entry in series}
+    for sid in sorted({*jobs, *(r[0] for r in refs)} - set(by_id)):
+        by_id[sid] = {"series_id": sid, "owner": None, "epoch": 0, "expires_in_s": 0.0,
+                      "seq": None, "head_time": None}
+    for entry in by_id.values():
+        entry.update(pinned=False, refcount=0, refcount_by_node={}, ondemand=False,
+                     idle_since=None)
+    for series_id, node_id, count, pinned in refs:
+        entry = by_id[series_id]
+        entry["pinned"] = entry["pinned"] or bool(pinned)
+        entry["refcount"] += int(count)
+        entry["refcount_by_node"][node_id] = int(count)
+    for series_id, idle_since in jobs.items():
+        entry = by_id[series_id]
+        entry["ondemand"] = not entry["pinned"]
+        entry["idle_since"] = None if idle_since is None else round(float(idle_since), 3)
+    return [by_id[sid] for sid in sorted(by_id)]
 
 
 def _one(row: tuple[Any, ...] | None) -> Any:

@@ -226,6 +226,31 @@ MIGRATIONS: tuple[Migration, ...] = (
         "cluster mode: a node below its fair share asks an owner for a series (handoff)",
         _statements("ALTER TABLE {schema}.series_owners ADD COLUMN IF NOT EXISTS taker TEXT"),
     ),
+    Migration(
+        7,
+        "cluster mode: on-demand feed jobs and every node's subscriber counts",
+        # idle_since: epoch seconds on Postgres' clock (a double, so tests can pass their own).
+        _statements(
+            """
+            CREATE TABLE IF NOT EXISTS {schema}.feed_jobs (
+                series_id TEXT COLLATE "C" PRIMARY KEY,
+                idle_since DOUBLE PRECISION,
+                created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+            )
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS {schema}.feed_refs (
+                series_id TEXT COLLATE "C" NOT NULL,
+                node_id TEXT NOT NULL,
+                refs INTEGER NOT NULL,
+                pinned BOOLEAN NOT NULL,
+                touched_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                PRIMARY KEY (series_id, node_id)
+            )
+            """,
+            "CREATE INDEX IF NOT EXISTS feed_refs_by_node ON {schema}.feed_refs (node_id)",
+        ),
+    ),
 )
 assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
 
