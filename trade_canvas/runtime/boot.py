@@ -34,6 +34,7 @@ from trade_canvas.config import (
     load_settings,
     load_whitelist,
     processes_per_ip,
+    session_dsn,
     unknown_names,
 )
 from trade_canvas.errors import ConfigError, TradeCanvasError, Unavailable
@@ -241,11 +242,15 @@ def _start_supervisor(
 
 
 def make_demand(settings: Settings, cluster: Cluster | None) -> Demand:
-    """Return the on-demand feed model: this process's, or the cluster's in cluster mode."""
-    if cluster is None:
+    """Return the feed model: this process's, or the cluster's in cluster mode.
+
+    A node that follows nothing live (both ingest switches off) runs no feed, so it neither
+    joins the cluster's jobs nor wants their leases.
+    """
+    if cluster is None or not (settings.enable_whitelist_ingest or settings.enable_ondemand_ingest):
         return FeedDemand(settings.ondemand_max_jobs)
-    return ClusterFeedDemand(
-        settings.postgres_dsn, settings.postgres_schema, cluster.node, settings.ondemand_max_jobs,
+    return ClusterFeedDemand(  # per-session timeouts: the direct DSN, as the lease control's
+        session_dsn(settings), settings.postgres_schema, cluster.node, settings.ondemand_max_jobs,
         tick_s=settings.cluster_tick_s, grace_s=settings.cluster_lease_ttl_s,
         connect_timeout_s=settings.postgres_connect_timeout_s)
 

@@ -103,8 +103,8 @@ def open_cluster(settings: Settings) -> Cluster:
 def warn_connection_budget(settings: Settings, leases: PostgresLeases) -> int | None:
     """Warn when the cluster's processes may open more connections than the server allows.
 
-    Each process holds its pool plus three connections (lease control, listener, notifier);
-    the processes counted are the live nodes plus this server's workers. Returns the number
+    Each process holds its pool plus three connections (lease control, listener, notifier), and
+    a fourth for the on-demand feed tables when it follows Binance; the processes counted are the live nodes plus this server's workers. Returns the number
     needed when it is too many (None otherwise, or when the check itself failed).
     """
     try:
@@ -113,14 +113,15 @@ def warn_connection_budget(settings: Settings, leases: PostgresLeases) -> int | 
         logger.warning("cluster: could not check max_connections: %s", exc)
         return None
     processes = alive + settings.workers
-    needed = processes * (settings.postgres_pool_max_size + 3)
+    own = 4 if settings.enable_whitelist_ingest or settings.enable_ondemand_ingest else 3
+    needed = processes * (settings.postgres_pool_max_size + own)
     if needed <= room:
         return None
     logger.warning(
-        "cluster: %d processes x (TRADE_CANVAS_POSTGRES_POOL_MAX_SIZE=%d + 3) = %d connections "
+        "cluster: %d processes x (TRADE_CANVAS_POSTGRES_POOL_MAX_SIZE=%d + %d) = %d connections "
         "may be opened, but the server allows %d (max_connections - "
         "superuser_reserved_connections): lower the pool size or raise max_connections",
-        processes, settings.postgres_pool_max_size, needed, room)
+        processes, settings.postgres_pool_max_size, own, needed, room)
     return needed
 
 

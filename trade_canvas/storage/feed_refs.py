@@ -28,6 +28,19 @@ node leaves the mirror at the next sweep, and the owner stops its feed then.
 
 Times: ``idle_since`` is Postgres' clock (epoch seconds) unless ``server_clock`` is off, when the
 callers' ``now`` is used (the property test against the pure model).
+
+Where this differs from the design (``scaleout.md`` section 2.7), and why:
+- ``feed_refs`` has no foreign key to ``cluster_nodes`` (no cascade): a node's first subscribe
+  may commit before its first heartbeat. Dead nodes' rows are deleted by the sweeps instead; a
+  row of a node without any heartbeat row counts for ``grace_s`` (the lease TTL).
+- Idle clocks and expiry are run by every node's sweep, not by the owner's lease tick: a job
+  whose owner died still expires, and the lease tick stays one short transaction.
+- No ``e|sid`` notification on eviction: the owner stops the evicted feed at its next sweep
+  (at most one supervisor tick, 0.5 s, later).
+- Every node, not only the asking one, wants the lease of every job; the asking node wants it
+  at once and the others only from their next sweep, so it usually claims it first.
+- Pinned is per node (``feed_refs.pinned``): a series pinned by any live node is not on demand,
+  so nodes with different whitelists stay consistent; there is no whitelist hash warning.
 """
 
 from __future__ import annotations
@@ -50,6 +63,7 @@ from trade_canvas.storage.postgres import close_quietly, redact_dsn
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_FAILURE_S = 2.0  # a failed sweep is not retried sooner (the supervisor waits on it)
+FULL_SWEEP_EVERY = 20  # sweeps; the others skip the checks that scan every row
 
 _NOW = "coalesce(%(now)s::float8, extract(epoch FROM now())::float8)"
 _PINNED = "SELECT 1 FROM {s}.feed_refs p WHERE p.series_id = j.series_id AND p.pinned"
@@ -58,14 +72,25 @@ _HELD = ("SELECT 1 FROM {s}.feed_refs r WHERE r.series_id = j.series_id "
 
 _QUERIES = {
     "lock": "SELECT pg_advisory_xact_lock(%(key)s)",
-    # Another node's rows, once it is dead (or never came alive within the grace period).
+    # The rows of nodes whose heartbeat expired.
     "forget_dead": (
+        "DELETE FROM {s}.feed_refs r WHERE r.node_id IN (SELECT n.node_id FROM {s}.cluster_nodes n "
+        "WHERE n.expires_at <= now() AND n.node_id <> %(node)s) "
+        "AND r.touched_at < now() - %(grace)s * interval '1 second'"
+    ),
+    # Also the rows of nodes that have no heartbeat row at all (died before their first, or
+    # forgotten): a scan of the whole table, so only every FULL_SWEEP_EVERY sweeps.
+    "forget_all_dead": (
         "DELETE FROM {s}.feed_refs r WHERE r.node_id <> %(node)s "
         "AND r.touched_at < now() - %(grace)s * interval '1 second' "
         "AND NOT EXISTS (SELECT 1 FROM {s}.cluster_nodes n WHERE n.node_id = r.node_id "
         "AND n.expires_at > now())"
     ),
     "mine": "SELECT series_id, refs, pinned FROM {s}.feed_refs WHERE node_id = %(node)s",
+    "mine_summary": (
+        "SELECT count(*), coalesce(sum(refs), 0), count(*) FILTER (WHERE pinned) "
+        "FROM {s}.feed_refs WHERE node_id = %(node)s"
+    ),
     "write": (
         "INSERT INTO {s}.feed_refs AS f (series_id, node_id, refs, pinned, touched_at) "
         "SELECT x.sid, %(node)s, x.refs, x.pinned, now() "
@@ -154,6 +179,7 @@ class ClusterFeedDemand:
         self.local: dict[str, _Mine] = {}
         self.dirty: set[str] = set()  # local counts not written yet
         self.retry_at = 0.0
+        self.sweeps = 0
         self.failing = False
         self.counters = {"transactions": 0, "errors": 0}
         ident = sql.Identifier(schema)
@@ -328,13 +354,21 @@ class ClusterFeedDemand:
     ) -> dict[str, tuple[float | None, int, bool]]:
         q = self.queries
         args = self._args(now=None if self.server_clock else now, ttl=ttl_s)
+        full = self.sweeps % FULL_SWEEP_EVERY == 0
+        self.sweeps += 1
         cur.execute(q["lock"], args)
-        cur.execute(q["forget_dead"], args)
-        written = {row[0]: (int(row[1]), bool(row[2])) for row in cur.execute(q["mine"], args)}
-        stale = {sid for sid, m in self.local.items() if written.get(sid) != (m.refs, m.pinned)}
-        stale |= {sid for sid in written if sid not in self.local}
-        self._write(cur, sorted(stale | self.dirty), args)
-        for name in ("restore_jobs", "busy_all", "idle_all", "expire"):
+        cur.execute(q["forget_all_dead" if full else "forget_dead"], args)
+        self._write(cur, sorted(self.dirty), args)
+        # Others delete all of a node's rows at once when they take it for dead: a count shows it.
+        count, refs, pins = _row(cur.execute(q["mine_summary"], args).fetchone())
+        mine = self.local.values()
+        if full or (count, refs, pins) != (len(mine), sum(m.refs for m in mine),
+                                            sum(m.pinned for m in mine)):
+            written = {r[0]: (int(r[1]), bool(r[2])) for r in cur.execute(q["mine"], args)}
+            stale = {sid for sid, m in self.local.items() if written.get(sid) != (m.refs, m.pinned)}
+            self._write(cur, sorted(stale | {sid for sid in written if sid not in self.local}), args)
+            cur.execute(q["restore_jobs"], args)
+        for name in ("busy_all", "idle_all", "expire"):
             cur.execute(q[name], args)
         return {str(r[0]): (None if r[1] is None else float(r[1]), int(r[2]), bool(r[3]))
                 for r in cur.execute(q["list"]).fetchall()}
