@@ -21,7 +21,7 @@ from psycopg import sql
 from tests.fakes.postgres import drop_schema, new_schema_name, reachable_dsn
 from trade_canvas.errors import CapacityExceeded
 from trade_canvas.feed_demand import FeedDemand
-from trade_canvas.storage.feed_refs import ClusterFeedDemand
+from trade_canvas.storage.feed_refs import ClusterFeedDemand, jobs_lock_key
 from trade_canvas.storage.leases import Node, PostgresLeases
 from trade_canvas.storage.postgres import PostgresCandleStore
 
@@ -188,3 +188,15 @@ def test_dead_nodes_counts_disappear_and_come_back_with_it(schema) -> None:
     p2.close()
     for lease in leases:
         lease.close()
+
+
+def test_a_sweep_never_waits_for_the_lock(schema) -> None:
+    empty(schema)
+    p1 = cluster_node(schema, 8, "p1")
+    p1.pin("w")
+    with psycopg.connect(schema[0]) as other, other.transaction():  # another node's transaction
+        other.execute("SELECT pg_advisory_xact_lock(%s)", (jobs_lock_key(schema[1]),))
+        assert p1.expired(1, 5) == [] and p1.counters["sweeps_skipped"] == 1
+    assert p1.dirty == {"w"}  # still to be written
+    assert p1.expired(2, 5) == [] and p1.dirty == set()
+    p1.close()

@@ -72,6 +72,7 @@ _HELD = ("SELECT 1 FROM {s}.feed_refs r WHERE r.series_id = j.series_id "
 
 _QUERIES = {
     "lock": "SELECT pg_advisory_xact_lock(%(key)s)",
+    "try_lock": "SELECT pg_try_advisory_xact_lock(%(key)s)",
     # The rows of nodes whose heartbeat expired.
     "forget_dead": (
         "DELETE FROM {s}.feed_refs r WHERE r.node_id IN (SELECT n.node_id FROM {s}.cluster_nodes n "
@@ -178,10 +179,11 @@ class ClusterFeedDemand:
         self.jobs: dict[str, FeedJob] = {}  # this node's pins and the cluster's on-demand jobs
         self.local: dict[str, _Mine] = {}
         self.dirty: set[str] = set()  # local counts not written yet
+        self._written: set[str] = set()  # by the transaction in progress
         self.retry_at = 0.0
         self.sweeps = 0
         self.failing = False
-        self.counters = {"transactions": 0, "errors": 0}
+        self.counters = {"transactions": 0, "errors": 0, "sweeps_skipped": 0}
         ident = sql.Identifier(schema)
         self.queries = {name: sql.SQL(q).format(s=ident).as_string(None)
                         for name, q in _QUERIES.items()}
@@ -269,6 +271,9 @@ class ClusterFeedDemand:
             return []
         try:
             listed = self._transaction("sweep", lambda cur: self._sweep(cur, now, ttl_s))
+            if listed is None:
+                self.counters["sweeps_skipped"] += 1
+                return []
         except Unavailable as exc:
             self.retry_at = self.clock() + RETRY_AFTER_FAILURE_S
             if not self.failing:
@@ -316,6 +321,7 @@ class ClusterFeedDemand:
         return args
 
     def _write(self, cur: psycopg.Cursor[Any], series_ids: list[str], args: dict[str, Any]) -> None:
+        self._written.update(series_ids)
         keep = [(sid, self.local[sid]) for sid in series_ids if sid in self.local]
         drop = [sid for sid in series_ids if sid not in self.local]
         if keep:
@@ -351,12 +357,15 @@ class ClusterFeedDemand:
 
     def _sweep(
         self, cur: psycopg.Cursor[Any], now: float, ttl_s: float
-    ) -> dict[str, tuple[float | None, int, bool]]:
+    ) -> dict[str, tuple[float | None, int, bool]] | None:
         q = self.queries
         args = self._args(now=None if self.server_clock else now, ttl=ttl_s)
+        # Never waits: the supervisor runs the sweep, and must not stall behind another node's
+        # transaction; a sweep that finds the lock taken is skipped (None) until the next tick.
+        if not _row(cur.execute(q["try_lock"], args).fetchone())[0]:
+            return None
         full = self.sweeps % FULL_SWEEP_EVERY == 0
         self.sweeps += 1
-        cur.execute(q["lock"], args)
         cur.execute(q["forget_all_dead" if full else "forget_dead"], args)
         self._write(cur, sorted(self.dirty), args)
         # Others delete all of a node's rows at once when they take it for dead: a count shows it.
@@ -385,9 +394,10 @@ class ClusterFeedDemand:
                     self._conn = control_connection(
                         self.dsn, f"trade_canvas.feeds:{self.node.name}", self.tick_s,
                         self.connect_timeout_s)
+                self._written = set()
                 with self._conn.transaction(), self._conn.cursor() as cur:
                     result = work(cur)
-                self.dirty.clear()  # every pending count went out with the commit
+                self.dirty -= self._written  # those counts went out with the commit
                 self.counters["transactions"] += 1
                 return result
         except psycopg.Error as exc:
