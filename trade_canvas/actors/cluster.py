@@ -57,8 +57,14 @@ class LeaseActor(pykka.ThreadingActor):
         keeper: LeaseKeeper,
         link: ChildLink,
         clock: Callable[[], float] = time.monotonic,
+        still_upstream: Callable[[str], bool] = lambda series_id: False,
     ) -> None:
         super().__init__()
+        # Whether this process still holds the series' stream upstream: an asked series is
+        # handed over only once its feed stopped and its UNSUBSCRIBE went out, so no stream is
+        # ever on two upstream connections (stream actors unsubscribe on their own tick and
+        # rate limit).
+        self.still_upstream = still_upstream
         self.leases = leases
         self.keeper = keeper
         self.link = link
@@ -112,7 +118,8 @@ class LeaseActor(pykka.ThreadingActor):
     def _tick(self) -> None:
         sent = self.clock()
         try:
-            result = self.leases.tick(sorted(self.wanted), hand_over=self.handing)
+            ready = tuple(sid for sid in self.handing if not self.still_upstream(sid))
+            result = self.leases.tick(sorted(self.wanted), hand_over=ready)
         except Unavailable as exc:
             self.errors += 1
             if self.last_error is None:

@@ -86,6 +86,7 @@ class Connection:
     wanted: set[str] = field(default_factory=set)
     subscribed: set[str] = field(default_factory=set)
     state: str = "connecting"
+    dialed: tuple[str, ...] = ()  # the streams named in the URL of the current attempt
     generation: int = 0
     ws: websocket.WebSocket | None = None
     opened_at: float | None = None
@@ -123,8 +124,13 @@ class StreamConnections(pykka.ThreadingActor):
         backoff_max_s: float = 30.0,
         tick_s: float = 0.25,
         processes_per_ip: int = 1,
+        upstream: dict[str, frozenset[str]] | None = None,
     ) -> None:
         super().__init__()
+        # Shared with the cluster lease actor, which reads it without asking: the streams this
+        # market holds upstream (dialed, subscribed, or not unsubscribed yet). A series is
+        # handed to another process only once its stream is gone from here.
+        self.upstream = upstream if upstream is not None else {}
         self.market = market
         self.ws_base_url = ws_base_url.rstrip("/")
         self.link = link
@@ -164,16 +170,27 @@ class StreamConnections(pykka.ThreadingActor):
         self.link.handled()
         match message:
             case AddStream():
-                return self._add(message.stream, message.feed)
+                self._add(message.stream, message.feed)
             case RemoveStream():
-                return self._remove(message.stream)
+                self._remove(message.stream)
             case ConnectionOpened():
-                return self._opened(message)
+                self._opened(message)
             case ConnectionLost():
-                return self._lost(message)
+                self._lost(message)
             case Tick():
-                return self._tick(message.now)
+                self._tick(message.now)
+        self._publish()
         return None
+
+    def _publish(self) -> None:
+        streams: set[str] = set()
+        for conn in self.connections.values():
+            if conn.state == "connecting":
+                streams.update(conn.dialed)
+            streams.update(conn.subscribed)
+        held = frozenset(streams)
+        if held != self.upstream.get(self.market):
+            self.upstream[self.market] = held
 
     def _ticker(self) -> None:
         while not self._stopping.wait(self.tick_s):
@@ -217,6 +234,7 @@ class StreamConnections(pykka.ThreadingActor):
         conn.state = "connecting"
         conn.next_attempt_at = None
         streams = tuple(sorted(conn.wanted))
+        conn.dialed = streams
         url = binance.stream_url(self.market, streams, self.ws_base_url)
         if len(streams) == 1:  # always use the combined endpoint so frames name their stream
             url = f"{self.ws_base_url}/stream?streams={streams[0]}"

@@ -165,7 +165,7 @@ def _start_feeds(runtime: Runtime) -> None:
             m, u, link,
             streams_per_connection=settings.binance_ws_streams_per_connection,
             silence_timeout_s=settings.binance_ws_silence_timeout_s,
-            processes_per_ip=processes_per_ip(settings),
+            processes_per_ip=processes_per_ip(settings), upstream=runtime.upstream,
         ))(market, url)
         runtime.supervisor.tell(StartGlobal(f"streams:{market}", start))
     if not settings.enable_whitelist_ingest:
@@ -265,7 +265,7 @@ def _start_cluster(runtime: Runtime, cluster: Cluster | None) -> None:
     if cluster is not None:
         runtime.cluster = cluster
         start_cluster(cluster, runtime.supervisor, runtime.globals_group, runtime.groups,
-                      runtime.store, runtime.generations.bump)
+                      runtime.store, runtime.generations.bump, runtime.upstream)
 
 
 def _start_top_markets(runtime: Runtime) -> None:

@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import pykka
 
@@ -22,7 +22,9 @@ from trade_canvas.actors.messages import CheckHeads, HintReceived, ListenerConne
 from trade_canvas.actors.plumbing import tell
 from trade_canvas.cluster import Hint, LeaseKeeper
 from trade_canvas.config import Settings, session_dsn
-from trade_canvas.errors import Unavailable
+from trade_canvas.errors import InvalidInput, Unavailable
+from trade_canvas.exchanges import binance
+from trade_canvas.series import parse_series_id
 from trade_canvas.storage.broker import Listener, Notifier
 from trade_canvas.storage.leases import Node, PostgresLeases, channel_name
 
@@ -132,13 +134,30 @@ def start_cluster(
     groups: dict[str, Any],
     store: Any,
     on_written: Callable[[str], None],
+    upstream: Mapping[str, frozenset[str]] | None = None,
 ) -> None:
-    """Start the lease and fan-out actors under the supervisor, the listener and the watchdog."""
+    """Start the lease and fan-out actors under the supervisor, the listener and the watchdog.
+
+    ``upstream`` (market -> Binance streams this process holds, kept by the stream actors)
+    delays a handoff until the series' stream is unsubscribed here.
+    """
     settings = cluster.settings
     leases = PostgresLeases(session_dsn(settings), settings.postgres_schema, cluster.node,
                             tick_s=settings.cluster_tick_s, ttl_s=settings.cluster_lease_ttl_s)
+    held = upstream if upstream is not None else {}
+
+    def still_upstream(series_id: str) -> bool:
+        try:
+            series = parse_series_id(series_id)
+            if not binance.followable(series):
+                return False
+            stream = binance.series_stream(series)
+        except InvalidInput:
+            return False  # no live feed for such a series, so no stream to wait for
+        return stream in held.get(series.market, frozenset())
+
     supervisor.tell(StartGlobal("leases", lambda link: LeaseActor.start(
-        leases, cluster.keeper, link)))
+        leases, cluster.keeper, link, still_upstream=still_upstream)))
 
     def claim_now() -> None:
         tell(globals_group.ref("leases"), Tick(time.monotonic()))

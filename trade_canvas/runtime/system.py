@@ -68,6 +68,8 @@ class Runtime:
     store_closed: bool = False
     generations: WriteGenerations = field(default_factory=WriteGenerations)
     read_cache: ResponseCache = field(default_factory=lambda: ResponseCache(64 << 20))
+    # market -> Binance streams held upstream (written by the StreamConnections actors)
+    upstream: dict[str, frozenset[str]] = field(default_factory=dict)
     backtests: Backtests | None = None  # started last in boot, stopped first
     top_markets: TopMarkets | None = None  # a supervised process-wide child
     replays: ReplayPackages | None = None  # replay packages: a supervised job runner
