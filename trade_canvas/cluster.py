@@ -21,6 +21,9 @@ from trade_canvas.candles import Candle
 
 # A NOTIFY payload must stay below 8000 bytes; candles that do not fit are left out ("-").
 HINT_PAYLOAD_MAX = 7900
+# The shortest a candle row can encode to, with its comma: ``[0,0,0,0,0,0],``. More candles than
+# HINT_PAYLOAD_MAX / this cannot fit, so a big batch is not encoded only to be thrown away.
+ROW_MIN_BYTES = 14
 
 
 class LeaseKeeper:
@@ -88,7 +91,10 @@ def encode_hint(hint: Hint) -> str:
     >>> encode_hint(Hint("c", "binance:spot:BTC/USDT:1m", 7, (Candle(60, 1, 2, 0.5, 1.5, 3),)))
     '["c","binance:spot:BTC/USDT:1m",7,"",[[60,1,2,0.5,1.5,3]]]'
     """
-    rows: Any = [list(c.to_row()) for c in hint.candles] if hint.candles is not None else "-"
+    candles = hint.candles
+    rows: Any = "-"
+    if candles is not None and len(candles) * ROW_MIN_BYTES <= HINT_PAYLOAD_MAX:
+        rows = [list(c.to_row()) for c in candles]
     text = json.dumps([hint.kind, hint.series_id, hint.seq, hint.node, rows],
                       separators=(",", ":"))
     if len(text.encode()) > HINT_PAYLOAD_MAX and rows != "-":

@@ -94,15 +94,18 @@ def test_sequenced_writes_number_each_commit(schema) -> None:
                                 sequenced=True)
     sid = SERIES[0]
     assert store.upsert_candles(sid, [Candle(60, 1, 2, 0.5, 1.5, 3)]) == 1
-    rows = [Candle(60 * i, 1, 2, 0.5, 1.5, 3) for i in range(2, 100)]
+    rows = [Candle(60 * i, 1, 2, 0.5, 1.5, 3) for i in range(2, 400)]
     assert store.upsert_candles(sid, rows) == 2  # the COPY path too
-    assert store.read_heads([sid, SERIES[1]]) == {sid: (2, 60 * 99)}
+    assert store.read_heads([sid, SERIES[1]]) == {sid: (2, 60 * 399)}
+    assert store.upsert_candles(sid, rows[:3]) == 3  # an overwrite is a write
+    assert store.read_heads([sid]) == {sid: (3, 60 * 399)}  # the head time never goes back
+    assert store.count(sid) == 399
     store.close()
     plain = PostgresCandleStore(dsn, schema=name, pool_min_size=0, pool_max_size=2)
     assert plain.upsert_candles(sid, rows[:1]) is None
     plain.close()
     with psycopg.connect(dsn) as conn:
-        assert conn.execute(f"SELECT seq FROM {name}.series_heads").fetchone()[0] == 2
+        assert conn.execute(f"SELECT seq FROM {name}.series_heads").fetchone()[0] == 3
 
 
 def test_factor_batches_are_fenced_by_the_lease_epoch(schema) -> None:

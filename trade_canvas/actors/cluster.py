@@ -10,7 +10,10 @@ gives every lease up at once and notifies the others, who claim on the hint.
 ``FanoutActor`` follows the writes other processes make: the listener hands it every
 notification (``HintReceived``); for each series with local actors, a ``SeqFollower`` says
 whether the hint is the next write (deliver its candles to the series' hub), a duplicate (drop)
-or a jump (read the store from the delivered position: "resync"). A periodic ``CheckHeads``
+or a jump (read the store from the delivered position: "resync"). This process's own writes
+come from its store actors at commit (``WrittenHere``): they only move the position, since the
+local hubs have those candles already, so their hints coming back are duplicates. A periodic
+``CheckHeads``
 compares the sequence numbers in ``series_heads`` with what was delivered, so a lost hint costs
 at most ``CLUSTER_RESYNC_S``. The hub's per-subscriber cursor drops anything already sent, so
 a candle is pushed once, in order, whichever process wrote it.
@@ -39,6 +42,7 @@ from trade_canvas.actors.messages import (
     ListenerConnected,
     Tick,
     WantLeases,
+    WrittenHere,
 )
 from trade_canvas.candles import Candle
 from trade_canvas.cluster import Hint, LeaseKeeper, SeqFollower, Step
@@ -191,7 +195,8 @@ class FanoutActor(pykka.ThreadingActor):
         self.followers: dict[str, SeqFollower] = {}
         self.cursors: dict[str, int | None] = {}  # newest candle time delivered per series
         self.counters = {"hints": 0, "delivered": 0, "duplicates": 0, "resyncs": 0,
-                         "behind_found": 0, "resync_errors": 0, "listener_connects": 0}
+                         "behind_found": 0, "resync_errors": 0, "listener_connects": 0,
+                         "written_here": 0}
         link.record.extra = lambda: {"followed": len(self.followers), **self.counters}
 
     def on_start(self) -> None:
@@ -204,6 +209,8 @@ class FanoutActor(pykka.ThreadingActor):
         match message:
             case HintReceived():
                 return self._hint(message.hint)
+            case WrittenHere():
+                return self._written_here(message.hint)
             case CheckHeads():
                 return self._check_heads()
             case ListenerConnected():
@@ -247,6 +254,24 @@ class FanoutActor(pykka.ThreadingActor):
         if ref is not None:
             tell(ref, FactorCatchUp() if candles is None else CandlesStored(candles,
                                                                           time.monotonic()))
+
+    def _written_here(self, hint: Hint) -> None:
+        """Take this process's committed write as delivered when it is the next in sequence.
+
+        Otherwise (a write of another process not delivered yet, or a series just taken up)
+        nothing moves: the hints, or the position check, resync as for anyone's write.
+        """
+        if hint.series_id not in self.groups or not hint.candles:
+            return
+        follower = self._follower(hint.series_id)
+        step = follower.step(hint.seq, True, publish=hint.kind == "c")
+        if step is Step.DELIVER:
+            self.counters["written_here"] += 1
+            newest = max(c.candle_time for c in hint.candles)
+            cursor = self.cursors.get(hint.series_id)
+            self.cursors[hint.series_id] = newest if cursor is None else max(cursor, newest)
+        elif step is Step.SKIP:
+            self.counters["written_here"] += 1
 
     def _follower(self, series_id: str) -> SeqFollower:
         follower = self.followers.get(series_id)

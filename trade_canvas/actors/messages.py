@@ -342,6 +342,18 @@ class HintReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class WrittenHere:
+    """This process committed a write (its store actor -> fan-out), with the hint sent for it.
+
+    The local hub has the candles already; the fan-out only moves its position, so the hint
+    coming back through Postgres is a duplicate rather than a delivery (or, for a batch too big
+    to inline, a read of the store).
+    """
+
+    hint: Hint
+
+
+@dataclass(frozen=True, slots=True)
 class CheckHeads:
     """Compare every followed series' write sequence with what was delivered (periodic)."""
 

@@ -221,7 +221,7 @@ def _start_supervisor(
     generations = WriteGenerations()
     supervisor = Supervisor.start(
         make_blueprint(settings, store, generations,
-                       cluster.notifier.written if cluster is not None else None,
+                       cluster.committed if cluster is not None else None,
                        with_factor=cluster is None), board, groups,
         globals_group=globals_group,
         feed_blueprint=make_feed_blueprint(settings, store, rest, globals_group),

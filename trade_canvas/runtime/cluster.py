@@ -18,8 +18,16 @@ from typing import Any, Callable, Mapping
 import pykka
 
 from trade_canvas.actors.cluster import FanoutActor, LeaseActor, fence
-from trade_canvas.actors.messages import CheckHeads, HintReceived, ListenerConnected, StartGlobal, Tick
+from trade_canvas.actors.messages import (
+    CheckHeads,
+    HintReceived,
+    ListenerConnected,
+    StartGlobal,
+    Tick,
+    WrittenHere,
+)
 from trade_canvas.actors.plumbing import tell
+from trade_canvas.candles import Candle
 from trade_canvas.cluster import Hint, LeaseKeeper
 from trade_canvas.config import Settings, session_dsn
 from trade_canvas.errors import InvalidInput, Unavailable
@@ -50,7 +58,19 @@ class Cluster:
     notifier: Notifier
     view_leases: PostgresLeases  # its own connection: HTTP views never share the tick's
     listener: Listener | None = None
+    globals_group: Any = None  # the supervisor's process-wide actors, once started
     stopping: threading.Event = field(default_factory=threading.Event)
+
+    def committed(self, series_id: str, seq: int | None, candles: tuple[Candle, ...],
+                  publish: bool) -> None:
+        """A store actor committed a write: hint the others (``c`` pushed, ``w`` stored only)
+        and tell this process's fan-out, which need not wait for the hint to come back."""
+        if seq is None:
+            return
+        hint = Hint("c" if publish else "w", series_id, seq, tuple(candles), self.node.node_id)
+        self.notifier.send(hint)
+        if self.globals_group is not None:
+            tell(self.globals_group.ref("fanout"), WrittenHere(hint))
 
     def check_ready(self) -> None:
         """Raise Unavailable while fenced or while the listener is down for too long."""
@@ -142,6 +162,7 @@ def start_cluster(
     delays a handoff until the series' stream is unsubscribed here.
     """
     settings = cluster.settings
+    cluster.globals_group = globals_group
     leases = PostgresLeases(session_dsn(settings), settings.postgres_schema, cluster.node,
                             tick_s=settings.cluster_tick_s, ttl_s=settings.cluster_lease_ttl_s)
     held = upstream if upstream is not None else {}

@@ -3,7 +3,8 @@
 NOTIFY is a hint, never the data: it is sent after the write committed, in a transaction of its
 own (a NOTIFY inside the write transaction holds Postgres' global notify lock through the
 commit's fsync and halved commit throughput when measured), batched for a couple of
-milliseconds, with ``synchronous_commit=off``. A crash between commit and notify, a full queue
+milliseconds, with ``synchronous_commit=off`` (set for the notifier's session, so a batch is one
+autocommit statement: one round trip). A crash between commit and notify, a full queue
 or a dropped listener costs only a hint; the followers' sequence check repairs it from the
 store. Payloads stay below 8000 bytes (candles are left out when they do not fit).
 
@@ -71,12 +72,6 @@ class Notifier:
         except queue.Full:
             self.counters["dropped"] += 1
 
-    def written(self, series_id: str, seq: int | None, candles: Any, publish: bool) -> None:
-        """The store actor committed a write: hint it (``c`` pushed, ``w`` stored only)."""
-        if seq is not None:
-            self.send(Hint("c" if publish else "w", series_id, seq, tuple(candles),
-                           self.node_name))
-
     def _run(self) -> None:
         while True:
             first = self._queue.get()
@@ -100,9 +95,8 @@ class Notifier:
             if self._conn is None or self._conn.closed:
                 self._conn = _connect(self.dsn, f"trade_canvas.notify:{self.node_name}",
                                       self.connect_timeout_s)
-            with self._conn.transaction():
-                self._conn.execute("SET LOCAL synchronous_commit = off")
-                self._conn.execute(self._query, (batch,))
+                self._conn.execute("SET synchronous_commit = off")
+            self._conn.execute(self._query, (batch,))
             self.counters["sent"] += len(batch)
             self.counters["batches"] += 1
         except psycopg.Error as exc:
