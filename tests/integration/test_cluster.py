@@ -80,6 +80,13 @@ def test_writes_on_one_server_reach_subscribers_of_the_others(start_server, clus
     for server in readers:  # the read cache of the other processes is not stale
         body = server.get(f"/api/market/candles?series_id={series}&limit=5")[1]
         assert body["candles"][-1]["candle_time"] == expected[-1]
+    # The writer took its own writes as delivered at commit, without their hints coming back,
+    # and read nothing back from the store (not even the 300-candle batch, too big to inline).
+    fanout = next(a for a in writer.get("/api/runtime/actors")[1]["actors"]
+                  if a["kind"] == "fanout")
+    # (A position check falling between a commit and its tell may resync once instead.)
+    assert fanout["written_here"] >= 30 and fanout["resyncs"] <= 1, fanout
+    assert fanout["duplicates"] == 0, fanout
     heads = {s["series_id"]: s for s in servers[2].get("/api/runtime/cluster")[1]["series"]}
     assert heads.get(series) is None or heads[series]["seq"] >= 31  # owner rows: fed series only
     assert servers[1].get("/api/ready")[0] == 200

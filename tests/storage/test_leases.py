@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Iterator
 
@@ -196,3 +197,50 @@ def test_boot_warns_when_the_cluster_may_exceed_max_connections(schema, caplog) 
     assert warn_connection_budget(big, leases) == 2 * (pool + 3)
     assert "max_connections" in caplog.text and "TRADE_CANVAS_POSTGRES_POOL_MAX_SIZE" in caplog.text
     leases.close()
+
+
+def test_sequenced_writers_of_one_series_commit_in_seq_order(schema) -> None:
+    """Three stores (as three processes) write one series at once, live candles and COPY
+    batches: the numbers are 1..n, and every snapshot that shows seq k shows exactly the candles
+    of the writes numbered <= k (a write and its number commit together, in number order)."""
+    dsn, name = schema
+    sid = SERIES[0]
+    written: list[tuple[int, list[int]]] = []
+    snapshots: list[tuple[int, set[int]]] = []
+    done = threading.Event()
+
+    def write(k: int) -> None:
+        store = PostgresCandleStore(dsn, schema=name, pool_min_size=0, pool_max_size=1,
+                                    sequenced=True)
+        for i in range(40):
+            base = (k * 100 + i) * 60 * 1000
+            times = [base + 60 * j for j in range(300 if i % 8 == 0 else 1 + i % 3)]
+            seq = store.upsert_candles(sid, [Candle(t, 1, 2, 0.5, 1.5, 3) for t in times])
+            assert seq is not None
+            written.append((seq, times))
+        store.close()
+
+    def read() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            while not done.is_set():
+                with conn.transaction():
+                    row = conn.execute(f"SELECT seq FROM {name}.series_heads "
+                                       "WHERE series_id = %s", (sid,)).fetchone()
+                    times = {r[0] for r in conn.execute(
+                        f"SELECT candle_time FROM {name}.candles WHERE series_id = %s", (sid,))}
+                snapshots.append((row[0] if row else 0, times))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    writers = [threading.Thread(target=write, args=(k,)) for k in range(3)]
+    for thread in writers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    done.set()
+    reader.join()
+    assert sorted(seq for seq, _ in written) == list(range(1, 121))
+    assert len({seq for seq, _ in snapshots}) > 10  # the reader saw the writes interleave
+    for seen, times in snapshots:
+        assert times == {t for seq, ts in written if seq <= seen for t in ts}, seen

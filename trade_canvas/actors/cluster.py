@@ -12,8 +12,8 @@ notification (``HintReceived``); for each series with local actors, a ``SeqFollo
 whether the hint is the next write (deliver its candles to the series' hub), a duplicate (drop)
 or a jump (read the store from the delivered position: "resync"). This process's own writes
 come from its store actors at commit (``WrittenHere``): they only move the position, since the
-local hubs have those candles already, so their hints coming back are duplicates. A periodic
-``CheckHeads``
+local hubs have those candles already, and their hints coming back are dropped unread. A
+periodic ``CheckHeads``
 compares the sequence numbers in ``series_heads`` with what was delivered, so a lost hint costs
 at most ``CLUSTER_RESYNC_S``. The hub's per-subscriber cursor drops anything already sent, so
 a candle is pushed once, in order, whichever process wrote it.
@@ -256,21 +256,26 @@ class FanoutActor(pykka.ThreadingActor):
                                                                           time.monotonic()))
 
     def _written_here(self, hint: Hint) -> None:
-        """Take this process's committed write as delivered when it is the next in sequence.
+        """Take this process's committed write as delivered (its hub has the candles already).
 
-        Otherwise (a write of another process not delivered yet, or a series just taken up)
-        nothing moves: the hints, or the position check, resync as for anyone's write.
+        A jump (another process's write not delivered yet) or a series just taken up here
+        resyncs, as a hint would: every write numbered up to this one has committed. The hint
+        of this write, coming back through Postgres, is not handed here (runtime/cluster.py).
         """
         if hint.series_id not in self.groups or not hint.candles:
             return
         follower = self._follower(hint.series_id)
+        if follower.delivered is None and hint.seq == 1:
+            follower.resynced(0)  # the series' first write in cluster mode: nothing to miss
         step = follower.step(hint.seq, True, publish=hint.kind == "c")
+        if step is Step.RESYNC:
+            self._resync(hint.series_id, hint.seq)
+            return
         if step is Step.DELIVER:
-            self.counters["written_here"] += 1
             newest = max(c.candle_time for c in hint.candles)
             cursor = self.cursors.get(hint.series_id)
             self.cursors[hint.series_id] = newest if cursor is None else max(cursor, newest)
-        elif step is Step.SKIP:
+        if step is not Step.DROP:
             self.counters["written_here"] += 1
 
     def _follower(self, series_id: str) -> SeqFollower:

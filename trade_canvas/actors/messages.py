@@ -345,9 +345,9 @@ class HintReceived:
 class WrittenHere:
     """This process committed a write (its store actor -> fan-out), with the hint sent for it.
 
-    The local hub has the candles already; the fan-out only moves its position, so the hint
-    coming back through Postgres is a duplicate rather than a delivery (or, for a batch too big
-    to inline, a read of the store).
+    The local hub has the candles already; the fan-out only moves its position, and the hint
+    coming back through Postgres is dropped before it reaches the fan-out (it would be a
+    duplicate delivery, or for a batch too big to inline, a read of the store).
     """
 
     hint: Hint

@@ -191,9 +191,15 @@ def start_cluster(
         tell(globals_group.ref("fanout"), message)
 
     node_id = cluster.node.node_id
+
+    def on_hint(hint: Hint) -> None:
+        if hint.node == node_id and hint.kind in ("c", "w"):
+            return  # this process's own write: the fan-out had it at commit (WrittenHere)
+        to_fanout(HintReceived(hint))
+
     cluster.listener = Listener(
         session_dsn(settings), channel_name(settings.postgres_schema), node_id,
-        on_hint=lambda hint: to_fanout(HintReceived(hint)),
+        on_hint=on_hint,
         on_connected=lambda: to_fanout(ListenerConnected()),
         ping=lambda: cluster.notifier.send(Hint("p", "", 0, None, node_id)),
         ping_every_s=settings.cluster_resync_s,
