@@ -11,16 +11,16 @@ gives every lease up at once and notifies the others, who claim on the hint.
 notification (``HintReceived``); for each series with local actors, a ``SeqFollower`` says
 whether the hint is the next write (deliver its candles to the series' hub), a duplicate (drop)
 or a jump (read the store from the delivered position: "resync"). This process's own writes
-come from its store actors at commit (``WrittenHere``): they only move the position, since the
-local hubs have those candles already, and their hints coming back are dropped unread. A
-periodic ``CheckHeads``
-compares the sequence numbers in ``series_heads`` with what was delivered, so a lost hint costs
-at most ``CLUSTER_RESYNC_S``. The hub's per-subscriber cursor drops anything already sent, so
-a candle is pushed once, in order, whichever process wrote it.
+come from its store actors at commit (``WrittenHere``): they move the position without a
+delivery, since the local hubs have those candles already, and their hints coming back are
+dropped unread. A periodic ``CheckHeads`` compares the sequence numbers in ``series_heads``
+with what was delivered, so a lost hint costs at most ``CLUSTER_RESYNC_S``. The hub's
+per-subscriber cursor drops anything already sent, so a candle is pushed once, in order,
+whichever process wrote it.
 
-The same ordered stream (this process's own writes included) feeds the series' factor actor,
-which runs only on the lease owner: it folds every write of the cluster in commit order, and
-its batches are fenced by the lease epoch (``save_factor_batch(fence=...)``).
+The same ordered stream (this process's own writes included, from their commit) feeds the
+series' factor actor, which runs only on the lease owner: it folds every write of the cluster
+in commit order, and its batches are fenced by the lease epoch (``save_factor_batch(fence=...)``).
 """
 
 from __future__ import annotations
@@ -271,12 +271,14 @@ class FanoutActor(pykka.ThreadingActor):
         if step is Step.RESYNC:
             self._resync(hint.series_id, hint.seq)
             return
+        if step is Step.DROP:
+            return
         if step is Step.DELIVER:
             newest = max(c.candle_time for c in hint.candles)
             cursor = self.cursors.get(hint.series_id)
             self.cursors[hint.series_id] = newest if cursor is None else max(cursor, newest)
-        if step is not Step.DROP:
-            self.counters["written_here"] += 1
+        self.counters["written_here"] += 1
+        self._to_factor(hint.series_id, hint.candles)  # in sequence: the commit order
 
     def _follower(self, series_id: str) -> SeqFollower:
         follower = self.followers.get(series_id)
