@@ -8,7 +8,9 @@ import pytest
 
 from trade_canvas.candles import Candle
 from trade_canvas.cluster import (
-    Hint, LeaseKeeper, SeqFollower, Step, claim_room, decode_hint, encode_hint, fair_share,
+    HINT_PAYLOAD_MAX, BroadcastHint, DrawHint, DrawRef, FormingBatcher, FormingHint, Hint,
+    LeaseKeeper, SeqFollower, Step, claim_room, decode_hint, draw_message, draw_ref,
+    encode_hint, encode_hints, fair_share, from_elsewhere,
 )
 
 TICK, TTL = 0.5, 3.0
@@ -107,6 +109,112 @@ def test_hint_payloads_round_trip_and_big_batches_leave_the_candles_out() -> Non
     text = encode_hint(big)
     assert len(text.encode()) < 8000 and decode_hint(text) == Hint("c", "x", 1, None)
     assert decode_hint("not json") is None and decode_hint('["c", 1, 2, "", "-"]') is None
+
+
+def test_relayed_hints_round_trip_and_only_other_nodes_take_them() -> None:
+    candle = Candle(120, 1.5, 2.25, 0.5, 1.75, 10.125)
+    hints = [
+        FormingHint("n1", (("binance:spot:A/B:1m", candle), ("binance:spot:C/D:1h", candle))),
+        BroadcastHint("binance:spot:A/B:1m", "n1", {"type": "system", "event": "factor.rebuild",
+                                                   "data": {"candles": 3}}),
+        DrawHint("binance:spot:A/B:1m", "n1", {"type": "draw_delta", "from_version_id": 3,
+                                               "removed_ids": ["a"], "next_cursor": {}}),
+        DrawHint("binance:spot:A/B:1m", "n1", ref=DrawRef(3, 9, 120, ("a", "b"), False)),
+        DrawHint("binance:spot:A/B:1m", "n1", ref=DrawRef(3, 9, 120, None, True)),
+    ]
+    for hint in hints:
+        [payload] = encode_hints(hint)
+        assert decode_hint(payload) == hint
+        assert not from_elsewhere(hint, "n1") and from_elsewhere(hint, "n2")
+    closed = Hint("c", "x", 4, (candle,), "n1")
+    assert encode_hints(closed) == [encode_hint(closed)]
+    assert from_elsewhere(closed, "n1")  # own writes keep the follower's sequence in step
+    assert decode_hint('["d","x",0,"n",["1",2,3,null,true]]') is None
+    assert decode_hint('["b","x",0,"n",[1]]') is None
+    assert decode_hint('["f","",0,"n",[["x",1]]]') is None
+    assert encode_hints(BroadcastHint("x", "n", {"text": "y" * HINT_PAYLOAD_MAX})) == []
+    many = tuple((f"binance:futures:S{i}/USDT:1m", candle) for i in range(300))
+    payloads = encode_hints(FormingHint("n1", many))
+    assert len(payloads) > 1 and all(len(p) <= HINT_PAYLOAD_MAX for p in payloads)
+    parts = [decode_hint(p) for p in payloads]
+    assert tuple(pair for part in parts for pair in part.candles) == many  # type: ignore[union-attr]
+
+
+def delta(from_version: int, versions: list[int], removed: list[str], to_time: int = 600) -> dict:
+    patch = [{"version_id": v, "instruction_id": f"pen:{v}", "kind": "polyline",
+              "visible_time": to_time, "definition": {"points": [[to_time, 1.5]] * 40}}
+             for v in versions]
+    return {"type": "draw_delta", "schema_version": 1, "series_id": "s",
+            "to_candle_id": f"s:{to_time}", "to_candle_time": to_time,
+            "instruction_catalog_patch": patch, "series_points": {},
+            "next_cursor": {"version_id": max(versions, default=from_version), "point_time": None},
+            "from_version_id": from_version, "removed_ids": removed}
+
+
+def test_a_draw_delta_goes_inline_when_it_fits_else_as_a_reference() -> None:
+    small = delta(4, [5, 6], ["pen:1"])
+    [payload] = encode_hints(DrawHint("s", "n", small))
+    assert decode_hint(payload) == DrawHint("s", "n", small)
+    big = delta(4, list(range(5, 200)), ["pen:1", "pen:2"])
+    [payload] = encode_hints(DrawHint("s", "n", big))
+    assert len(payload) <= HINT_PAYLOAD_MAX
+    assert decode_hint(payload) == DrawHint("s", "n", ref=DrawRef(4, 199, 600, ("pen:1", "pen:2"),
+                                                                   False))
+    many = delta(4, list(range(5, 200)), [f"pivot.minor:{i}:support:5" for i in range(400)])
+    many["active_ids"] = ["pen:5"]
+    [payload] = encode_hints(DrawHint("s", "n", many))
+    assert decode_hint(payload) == DrawHint("s", "n", ref=DrawRef(4, 199, 600, None, True))
+
+
+def test_a_rebuilt_draw_delta_ends_at_the_reference_and_is_lost_when_the_store_cannot_say() -> None:
+    original = delta(4, [5, 6, 7], ["pen:1"])
+    ref = draw_ref(original)
+    # the GET /api/draw/delta body read later: versions of later folds are in it too
+    body = {key: value for key, value in delta(4, [5, 6, 7, 8, 9], []).items()
+            if key not in ("type", "from_version_id", "removed_ids")}
+    body["active_ids"] = ["pen:5", "pen:9"]
+    assert draw_message(body, ref) == original
+    assert draw_message({**body, "to_candle_time": 660}, ref) is None  # another candle
+    cut = {**body, "instruction_catalog_patch": body["instruction_catalog_patch"][:2]}
+    assert draw_message(cut, ref) is None  # versions 5..7 are not all there (cut, or cleared)
+    whole = draw_message(body, DrawRef(4, 7, 600, None, True))
+    assert whole is not None and whole["active_ids"] == ["pen:5", "pen:9"]
+    assert whole["removed_ids"] == [] and whole["next_cursor"]["version_id"] == 7
+    only_removals = delta(7, [], ["pen:5"])
+    assert draw_message({**body, "instruction_catalog_patch": []},
+                        draw_ref(only_removals)) == only_removals
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_forming_batches_carry_the_newest_candle_per_series_in_payloads_that_fit(seed: int) -> None:
+    rng = random.Random(seed)
+    batcher = FormingBatcher(0.25)
+    assert batcher.due() is None
+    now, waiting, hints = 100.0, {}, 0
+    for _ in range(3000):
+        sid = f"binance:{rng.choice(['spot', 'futures'])}:S{rng.randrange(400)}/USDT:1m"
+        candle = Candle(60 * rng.randrange(1, 4), rng.random(), 2.0, 0.5, rng.random(), 1.0)
+        batcher.offer(sid, candle)
+        if sid not in waiting or candle.candle_time >= waiting[sid].candle_time:
+            waiting[sid] = candle  # an older candle never replaces a newer one
+        now += rng.random() * 0.01
+        due = batcher.due()
+        assert due is not None
+        if due > now:
+            continue
+        sent_before = batcher.last_sent
+        items = batcher.take(now)
+        assert now - sent_before >= 0.25  # at most one hint per interval
+        got = {}
+        for payload in encode_hints(FormingHint("n1", tuple(items))):
+            assert len(payload.encode()) <= HINT_PAYLOAD_MAX
+            hint = decode_hint(payload)
+            assert isinstance(hint, FormingHint)
+            got.update(hint.candles)
+        assert got == waiting  # every series offered since the last hint, its newest candle
+        waiting, hints = {}, hints + 1
+    assert hints > 50 and dict(batcher.take(now)) == waiting
+    assert batcher.due() is None
 
 
 @pytest.mark.parametrize("seed", range(40))

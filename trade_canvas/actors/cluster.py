@@ -21,6 +21,11 @@ whichever process wrote it.
 The same ordered stream (this process's own writes included, from their commit) feeds the
 series' factor actor, which runs only on the lease owner: it folds every write of the cluster
 in commit order, and its batches are fenced by the lease epoch (``save_factor_batch(fence=...)``).
+
+It also hands what other processes' hubs relay (forming candles, draw deltas, system messages;
+never sequenced, never resynced) to the local hub of each series that runs here, marked
+``remote``. A draw delta too big for a hint arrives as a reference and is rebuilt from the
+store (``rebuild_draw``), only while the series has local subscribers.
 """
 
 from __future__ import annotations
@@ -33,19 +38,24 @@ import pykka
 
 from trade_canvas.actors.plumbing import ChildLink, report_failure, tell
 from trade_canvas.actors.messages import (
+    Broadcast,
     CandlesStored,
     CheckHeads,
     Crash,
+    DrawChanged,
     FactorCatchUp,
     HintReceived,
     LeasesChanged,
     ListenerConnected,
+    PublishForming,
     Tick,
     WantLeases,
     WrittenHere,
 )
 from trade_canvas.candles import Candle
-from trade_canvas.cluster import Hint, LeaseKeeper, SeqFollower, Step
+from trade_canvas.cluster import (
+    BroadcastHint, DrawHint, DrawRef, FormingHint, Hint, LeaseKeeper, SeqFollower, Step,
+)
 from trade_canvas.errors import TradeCanvasError, Unavailable
 from trade_canvas.storage.leases import PostgresLeases
 
@@ -184,9 +194,11 @@ class FanoutActor(pykka.ThreadingActor):
         catchup_limit: int,
         on_written: Callable[[str], None] | None = None,
         on_released: Callable[[], None] | None = None,
+        rebuild_draw: Callable[[str, DrawRef], dict[str, Any] | None] | None = None,
     ) -> None:
         super().__init__()
         self.store = store
+        self.rebuild_draw = rebuild_draw
         self.groups = groups
         self.link = link
         self.catchup_limit = catchup_limit
@@ -196,7 +208,7 @@ class FanoutActor(pykka.ThreadingActor):
         self.cursors: dict[str, int | None] = {}  # newest candle time delivered per series
         self.counters = {"hints": 0, "delivered": 0, "duplicates": 0, "resyncs": 0,
                          "behind_found": 0, "resync_errors": 0, "listener_connects": 0,
-                         "written_here": 0}
+                         "written_here": 0, "relayed": 0, "draw_rebuilt": 0, "draw_lost": 0}
         link.record.extra = lambda: {"followed": len(self.followers), **self.counters}
 
     def on_start(self) -> None:
@@ -207,8 +219,10 @@ class FanoutActor(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         self.link.handled()
         match message:
-            case HintReceived():
-                return self._hint(message.hint)
+            case HintReceived(hint=Hint() as hint):
+                return self._hint(hint)
+            case HintReceived(hint=FormingHint() | DrawHint() | BroadcastHint() as relayed):
+                return self._relayed(relayed)
             case WrittenHere():
                 return self._written_here(message.hint)
             case CheckHeads():
@@ -279,6 +293,39 @@ class FanoutActor(pykka.ThreadingActor):
             self.cursors[hint.series_id] = newest if cursor is None else max(cursor, newest)
         self.counters["written_here"] += 1
         self._to_factor(hint.series_id, hint.candles)  # in sequence: the commit order
+
+    def _relayed(self, hint: FormingHint | DrawHint | BroadcastHint) -> None:
+        """Hand another process's forming candles, draw delta or system message to the hub."""
+        self.counters["relayed"] += 1
+        if isinstance(hint, FormingHint):
+            for series_id, candle in hint.candles:
+                group = self.groups.get(series_id)
+                if group is not None:
+                    tell(group.ref("hub"), PublishForming(candle, remote=True))
+            return
+        group = self.groups.get(hint.series_id)
+        if group is None:
+            return  # nobody here follows the series
+        if isinstance(hint, BroadcastHint):
+            tell(group.ref("hub"), Broadcast(dict(hint.message), remote=True))
+            return
+        message = dict(hint.message) if hint.message is not None else None
+        if message is None and hint.ref is not None and group.in_use():
+            message = self._rebuild_draw(hint.series_id, hint.ref)
+        if message is not None:
+            tell(group.ref("hub"), DrawChanged(message, remote=True))
+
+    def _rebuild_draw(self, series_id: str, ref: DrawRef) -> dict[str, Any] | None:
+        message = None
+        if self.rebuild_draw is not None:
+            try:
+                message = self.rebuild_draw(series_id, ref)
+            except TradeCanvasError as exc:
+                logger.warning("fan-out of %s: draw delta %d..%d not rebuilt: %s",
+                               series_id, ref.from_version, ref.to_version, exc)
+        # A lost delta: clients see the next one's from_version_id differ and re-read.
+        self.counters["draw_rebuilt" if message is not None else "draw_lost"] += 1
+        return message
 
     def _follower(self, series_id: str) -> SeqFollower:
         follower = self.followers.get(series_id)

@@ -9,6 +9,10 @@ writer.
 Subscriptions live in a ``HubState`` owned by the series group, not by the actor, so a hub that
 crashes and restarts keeps its subscribers and catches each one up from its cursor: the store is
 the source of truth, and nothing a subscriber missed while the hub was down is lost.
+
+In cluster mode the hub also hands what it is told by this process (forming candles, draw
+deltas, system messages) to ``relay``, which sends them to the other processes' hubs; what
+arrives from them is marked ``remote`` and not relayed again.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ class SubscriberHub(pykka.ThreadingActor):
         catchup_limit: int,
         forming_interval_s: float,
         clock: Callable[[], float] = time.monotonic,
+        relay: Callable[[str, PublishForming | Broadcast | DrawChanged], None] | None = None,
     ) -> None:
         super().__init__()
         self.series = series
@@ -80,6 +85,7 @@ class SubscriberHub(pykka.ThreadingActor):
         self.catchup_limit = catchup_limit
         self.forming_interval_s = forming_interval_s
         self.clock = clock
+        self.relay = relay
         self._last_forming: tuple[int, float] | None = None
         link.record.extra = lambda: {"subscribers": len(state.subscriptions)}
 
@@ -96,19 +102,26 @@ class SubscriberHub(pykka.ThreadingActor):
             case CandlesStored():
                 return self._deliver(message.candles, message.committed_at)
             case PublishForming():
+                self._relay(message)
                 return self._forming(message.candle)
             case Subscribe():
                 return self._subscribe(message)
             case Unsubscribe():
                 return self._unsubscribe(message.outbox)
             case Broadcast():
+                self._relay(message)
                 return self._broadcast(message.message)
             case DrawChanged():
+                self._relay(message)
                 return self._broadcast(message.message, draw_only=True)
             case Crash():
                 raise RuntimeError(f"crash requested: {message.reason}")
         logger.warning("hub %s ignored %r", self.series.text, message)
         return None
+
+    def _relay(self, message: PublishForming | Broadcast | DrawChanged) -> None:
+        if self.relay is not None and not message.remote:
+            self.relay(self.series.text, message)
 
     def _subscribe(self, message: Subscribe) -> None:
         outbox = message.outbox

@@ -12,7 +12,7 @@ import pykka
 
 from trade_canvas.actors.subscriber import MarketStream, Outbox
 from trade_canvas.candles import Candle
-from trade_canvas.cluster import Hint
+from trade_canvas.cluster import AnyHint
 from trade_canvas.exchanges.binance import KlineUpdate
 from trade_canvas.exchanges.binance_markets import MarketInfo
 from trade_canvas.freqtrade.commands import BacktestRequest
@@ -79,6 +79,7 @@ class PublishForming:
     """Show a not-yet-closed candle to subscribers (never stored)."""
 
     candle: Candle
+    remote: bool = False  # from another process (cluster mode): not relayed again
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +104,7 @@ class Broadcast:
     """Send one system message to every subscriber of the series."""
 
     message: dict[str, Any]
+    remote: bool = False  # from another process (cluster mode): not relayed again
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +112,7 @@ class DrawChanged:
     """Send one ``draw_delta`` message to the subscribers that asked for the overlay."""
 
     message: dict[str, Any]
+    remote: bool = False  # from another process (cluster mode): not relayed again
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,9 +339,10 @@ class FactorCatchUp:
 
 @dataclass(frozen=True, slots=True)
 class HintReceived:
-    """A notification from the listener: another (or this) process wrote or released a series."""
+    """A notification from the listener: another (or this) process wrote or released a series,
+    or another one relays a forming candle, a draw delta or a system message."""
 
-    hint: Hint
+    hint: AnyHint
 
 
 @dataclass(frozen=True, slots=True)

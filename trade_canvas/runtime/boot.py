@@ -76,6 +76,7 @@ def open_configured_store(settings: Settings) -> CandleStore:
 def make_blueprint(
     settings: Settings, store: CandleStore, generations: WriteGenerations,
     on_committed: Callable[..., None] | None = None, *, with_factor: bool = True,
+    relay: Callable[..., None] | None = None,
 ) -> Callable[..., dict[str, Any]]:
     """Return how a series group is built: one line per actor kind, in start order.
 
@@ -92,6 +93,7 @@ def make_blueprint(
                 series, store, hub_state, link,
                 catchup_limit=settings.market_ws_catchup_limit,
                 forming_interval_s=settings.market_forming_min_interval_ms / 1000.0,
+                relay=relay,
             ),
             "store": lambda link: StoreActor.start(
                 series, store, group.ref, link, generations.bump, on_committed=on_committed,
@@ -222,7 +224,8 @@ def _start_supervisor(
     supervisor = Supervisor.start(
         make_blueprint(settings, store, generations,
                        cluster.committed if cluster is not None else None,
-                       with_factor=cluster is None), board, groups,
+                       with_factor=cluster is None,
+                       relay=cluster.relay if cluster is not None else None), board, groups,
         globals_group=globals_group,
         feed_blueprint=make_feed_blueprint(settings, store, rest, globals_group),
         factor_blueprint=(make_factor_blueprint(settings, store, cluster.node.node_id)

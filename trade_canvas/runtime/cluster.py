@@ -18,22 +18,30 @@ from typing import Any, Callable, Mapping
 import pykka
 
 from trade_canvas.actors.cluster import FanoutActor, LeaseActor, fence
+from trade_canvas.actors.factor import DRAW_WINDOW_CANDLES
 from trade_canvas.actors.messages import (
+    Broadcast,
     CheckHeads,
+    DrawChanged,
     HintReceived,
     ListenerConnected,
+    PublishForming,
     StartGlobal,
     Tick,
     WrittenHere,
 )
 from trade_canvas.actors.plumbing import tell
 from trade_canvas.candles import Candle
-from trade_canvas.cluster import Hint, LeaseKeeper
+from trade_canvas.cluster import (
+    AnyHint, BroadcastHint, DrawHint, DrawRef, Hint, LeaseKeeper, draw_message,
+)
 from trade_canvas.config import Settings, session_dsn
 from trade_canvas.errors import InvalidInput, Unavailable
 from trade_canvas.exchanges import binance
+from trade_canvas.runtime import factor_reads
 from trade_canvas.series import parse_series_id
-from trade_canvas.storage.broker import Listener, Notifier
+from trade_canvas.storage import CandleStore
+from trade_canvas.storage.broker import FormingRelay, Listener, Notifier
 from trade_canvas.storage.leases import Node, PostgresLeases, channel_name
 
 logger = logging.getLogger(__name__)
@@ -57,6 +65,7 @@ class Cluster:
     keeper: LeaseKeeper
     notifier: Notifier
     view_leases: PostgresLeases  # its own connection: HTTP views never share the tick's
+    forming: FormingRelay
     listener: Listener | None = None
     globals_group: Any = None  # the supervisor's process-wide actors, once started
     stopping: threading.Event = field(default_factory=threading.Event)
@@ -93,11 +102,26 @@ class Cluster:
                 "connected": listener.connected, "last_error": listener.last_error,
                 **listener.counters},
             "notifier": dict(self.notifier.counters),
+            "forming_relay": dict(self.forming.counters),
         }
+
+    def relay(self, series_id: str, message: PublishForming | Broadcast | DrawChanged) -> None:
+        """Send what a local hub was told to the other processes' hubs (the hubs' relay)."""
+        if isinstance(message, PublishForming):
+            self.forming.offer(series_id, message.candle)
+        elif isinstance(message, DrawChanged):
+            self.notifier.send(DrawHint(series_id, self.node.node_id, message.message))
+        else:
+            self.notifier.send(BroadcastHint(series_id, self.node.node_id, message.message))
+
+    def relay_forming(self, series_id: str, candle: Candle) -> None:
+        """Send a forming candle of a series that does not run here to the other processes."""
+        self.forming.offer(series_id, candle)
 
     def stop(self) -> None:
         """Stop the watchdog and the listener (the actors stop with the supervisor)."""
         self.stopping.set()
+        self.forming.stop()
         if self.listener is not None:
             self.listener.stop()
 
@@ -117,9 +141,33 @@ def open_cluster(settings: Settings) -> Cluster:
     view = PostgresLeases(session_dsn(settings), settings.postgres_schema, node,
                           tick_s=settings.cluster_tick_s, ttl_s=settings.cluster_lease_ttl_s)
     keeper = LeaseKeeper(settings.cluster_lease_ttl_s, settings.cluster_tick_s, time.monotonic())
+    forming = FormingRelay(notifier, node.node_id, settings.market_forming_min_interval_ms / 1000)
+    forming.start()
     logger.info("cluster mode: node %s (%s) on channel %s", node.name, node.node_id, channel)
     warn_connection_budget(settings, view)
-    return Cluster(settings, node, keeper, notifier, view)
+    return Cluster(settings, node, keeper, notifier, view, forming)
+
+
+def draw_rebuilder(store: CandleStore) -> Callable[[str, DrawRef], dict[str, Any] | None]:
+    """Return how a draw delta sent as a reference is rebuilt from the store.
+
+    The patch is exact at any later time (the versions of ``(from, to]``). A whole
+    ``active_ids`` list is exact only while the factor head is still at ``to_time``: read at
+    an earlier time, the ledger's view may differ from what the live state drew then. When
+    the head moved on, such a delta is lost (None) and clients re-read on the next one.
+    """
+
+    def rebuild(series_id: str, ref: DrawRef) -> dict[str, Any] | None:
+        whole_list = ref.active or ref.removed_ids is None
+        if whole_list and store.factor_head_time(series_id) != ref.to_time:
+            return None
+        body = factor_reads.draw_delta(store, parse_series_id(series_id), ref.from_version,
+                                       DRAW_WINDOW_CANDLES, ref.to_time)
+        if whole_list and store.factor_head_time(series_id) != ref.to_time:
+            return None  # moved on during the read
+        return draw_message(body, ref)
+
+    return rebuild
 
 
 def warn_connection_budget(settings: Settings, leases: PostgresLeases) -> int | None:
@@ -185,7 +233,7 @@ def start_cluster(
 
     supervisor.tell(StartGlobal("fanout", lambda link: FanoutActor.start(
         store, groups, link, catchup_limit=settings.market_ws_catchup_limit,
-        on_written=on_written, on_released=claim_now)))
+        on_written=on_written, on_released=claim_now, rebuild_draw=draw_rebuilder(store))))
 
     def to_fanout(message: Any) -> None:
         tell(globals_group.ref("fanout"), message)

@@ -118,10 +118,13 @@ class Runtime:
             raise Unavailable(f"store actor of {series.text} is busy; retry shortly") from exc
 
     def publish_forming(self, series: SeriesId, candle: Candle) -> None:
-        """Show a forming candle to the series' subscribers (a series not running has none)."""
+        """Show a forming candle to the series' subscribers (a series not running has none
+        here; in cluster mode the other processes' subscribers get it too)."""
         group = self.groups.get(series.text)
         if group is not None:
-            tell(group.ref("hub"), PublishForming(candle))
+            tell(group.ref("hub"), PublishForming(candle))  # the hub relays it
+        elif self.cluster is not None:
+            self.cluster.relay_forming(series.text, candle)
 
     def candles_json(self, series_id: str, since: int | None, limit: int) -> bytes:
         """Return the encoded candles payload, from the response cache when still current."""

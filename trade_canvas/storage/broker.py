@@ -28,7 +28,10 @@ from typing import Any, Callable
 import psycopg
 from psycopg import sql
 
-from trade_canvas.cluster import Hint, decode_hint, encode_hint
+from trade_canvas.candles import Candle
+from trade_canvas.cluster import (
+    AnyHint, FormingBatcher, FormingHint, Hint, decode_hint, encode_hints, from_elsewhere,
+)
 from trade_canvas.storage.postgres import close_quietly, redact_dsn
 
 logger = logging.getLogger(__name__)
@@ -53,7 +56,7 @@ class Notifier:
         self.node_name = node_name
         self.batch_s = batch_s
         self.connect_timeout_s = connect_timeout_s
-        self.counters = {"sent": 0, "batches": 0, "errors": 0, "dropped": 0}
+        self.counters = {"sent": 0, "batches": 0, "errors": 0, "dropped": 0, "too_big": 0}
         self._queue: queue.Queue[str | None] = queue.Queue(QUEUE_MAX)
         self._conn: psycopg.Connection[Any] | None = None
         self._thread: threading.Thread | None = None
@@ -65,12 +68,16 @@ class Notifier:
         self._thread = threading.Thread(target=self._run, name="cluster-notifier", daemon=True)
         self._thread.start()
 
-    def send(self, hint: Hint) -> None:
-        """Queue one hint (dropped, and counted, when the queue is full)."""
-        try:
-            self._queue.put_nowait(encode_hint(hint))
-        except queue.Full:
-            self.counters["dropped"] += 1
+    def send(self, hint: AnyHint) -> None:
+        """Queue one hint (dropped, and counted, when the queue is full or it cannot fit)."""
+        payloads = encode_hints(hint)
+        if not payloads:
+            self.counters["too_big"] += 1
+        for payload in payloads:
+            try:
+                self._queue.put_nowait(payload)
+            except queue.Full:
+                self.counters["dropped"] += 1
 
     def _run(self) -> None:
         while True:
@@ -122,12 +129,61 @@ class Notifier:
         self._close()
 
 
+class FormingRelay:
+    """Forming candles for the other processes: one ``f`` hint per interval, many series each.
+
+    ``offer`` only records the newest candle of the series (it never blocks the caller, an
+    actor); a thread sends what waits at most once every ``interval_s``.
+    """
+
+    def __init__(self, notifier: Notifier, node_id: str, interval_s: float) -> None:
+        self.notifier = notifier
+        self.node_id = node_id
+        self.batcher = FormingBatcher(interval_s)
+        self.counters = {"offered": 0, "hints": 0}
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the sending thread."""
+        self._thread = threading.Thread(target=self._run, name="cluster-forming", daemon=True)
+        self._thread.start()
+
+    def offer(self, series_id: str, candle: Candle) -> None:
+        """Send ``candle`` with the next forming hint (replacing an older one of the series)."""
+        with self._wake:
+            self.counters["offered"] += 1
+            self.batcher.offer(series_id, candle)
+            self._wake.notify()
+
+    def _run(self) -> None:
+        with self._wake:
+            while not self._stopping:
+                due = self.batcher.due()
+                now = time.monotonic()
+                if due is None or due > now:
+                    self._wake.wait(None if due is None else due - now)
+                    continue
+                items = self.batcher.take(now)
+                self.counters["hints"] += 1
+                self.notifier.send(FormingHint(self.node_id, tuple(items)))
+
+    def stop(self) -> None:
+        """Stop the thread (what waits is dropped: forming candles are best effort)."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(2.0)
+
+
 class Listener:
     """LISTENs on the cluster channel and hands every hint to ``on_hint``."""
 
     def __init__(
         self, dsn: str, channel: str, node_name: str, *,
-        on_hint: Callable[[Hint], None], on_connected: Callable[[], None],
+        on_hint: Callable[[AnyHint], None], on_connected: Callable[[], None],
         ping: Callable[[], None], ping_every_s: float, connect_timeout_s: float = 2.0,
     ) -> None:
         self.dsn = dsn
@@ -199,7 +255,8 @@ class Listener:
             if hint.node == self.node_name:
                 self.last_ping_back = time.monotonic()
             return
-        self.on_hint(hint)
+        if from_elsewhere(hint, self.node_name):
+            self.on_hint(hint)
 
     def _mark_down(self) -> None:
         if self.connected:
