@@ -177,9 +177,14 @@ def test_the_hub_relays_what_this_process_tells_it_and_shows_remote_messages_too
              DrawChanged({"type": "draw_delta", "n": 2})]
     remote = [PublishForming(Candle(120, 1, 2, 0.5, 1.5, 3), remote=True),
               Broadcast({"type": "system", "n": 3}, remote=True),
-              DrawChanged({"type": "draw_delta", "n": 4}, remote=True)]
-    for message in local + remote:
+              DrawChanged({"type": "draw_delta", "n": 4}, remote=True),
+              # throttled by the sender already: a second update at once is shown too
+              PublishForming(Candle(120, 1, 2, 0.5, 1.75, 3), remote=True)]
+    for message in local + remote + [PublishForming(Candle(120, 1, 2, 0.5, 1.25, 3))]:
         hub.on_receive(message)
-    assert relayed == [(SERIES.text, m) for m in local]  # remote ones are never sent back
+    assert relayed == [(SERIES.text, m) for m in local] + [
+        (SERIES.text, PublishForming(Candle(120, 1, 2, 0.5, 1.25, 3)))]  # never remote ones
     got = drain_box(box)
-    assert [m["type"] for m in got] == ["candle_forming", "system", "draw_delta"] * 2
+    assert [m["type"] for m in got] == ["candle_forming", "system", "draw_delta"] * 2 + [
+        "candle_forming"]  # the local update at once is throttled; it was still relayed
+    assert got[-1]["candle"]["close"] == 1.75

@@ -103,7 +103,7 @@ class SubscriberHub(pykka.ThreadingActor):
                 return self._deliver(message.candles, message.committed_at)
             case PublishForming():
                 self._relay(message)
-                return self._forming(message.candle)
+                return self._forming(message.candle, throttle=not message.remote)
             case Subscribe():
                 return self._subscribe(message)
             case Unsubscribe():
@@ -261,10 +261,13 @@ class SubscriberHub(pykka.ThreadingActor):
         return encode({"type": "gap", "series_id": self.series.text,
                        "expected_next_time": expected, "actual_time": actual})
 
-    def _forming(self, candle: Candle) -> None:
+    def _forming(self, candle: Candle, throttle: bool = True) -> None:
+        # Remote ones come throttled by their sender (one hint per interval); throttled again
+        # here, on arrival times, the newest update of a candle could be dropped.
         now = self.clock()
         last = self._last_forming
-        if last is not None and last[0] == candle.candle_time and now - last[1] < self.forming_interval_s:
+        if (throttle and last is not None and last[0] == candle.candle_time
+                and now - last[1] < self.forming_interval_s):
             return
         self._last_forming = (candle.candle_time, now)
         frame = (encode({"type": "candle_forming", "series_id": self.series.text,
