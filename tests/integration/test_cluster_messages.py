@@ -54,15 +54,27 @@ def receive_until(
     raise AssertionError(f"no matching message in {timeout}s; got {messages}"[:3000])
 
 
-def settle(ws: websocket.WebSocket, quiet: float = 1.0) -> list[dict[str, Any]]:
-    """Return the messages that arrive until none has for ``quiet`` seconds."""
-    messages: list[dict[str, Any]] = []
-    ws.settimeout(quiet)
-    try:
-        while True:
-            messages.append(json.loads(ws.recv()))
-    except websocket.WebSocketTimeoutException:
-        return messages
+def last_candle(message: dict[str, Any]) -> int | None:
+    """Return the time of the newest closed candle in a message (None: not a candle message)."""
+    if message["type"] == "candles_batch":
+        return int(message["candles"][-1]["candle_time"])
+    if message["type"] == "candle_closed":
+        return int(message["candle"]["candle_time"])
+    return None
+
+
+def live_done(last: int, final_version: int) -> Callable[[dict[str, Any]], bool]:
+    """Accept the message after which both the candle ``last`` and the delta ending at
+    ``final_version`` have arrived (a resync may deliver candles after the delta)."""
+    seen = {"candle": False, "delta": False}
+
+    def done(message: dict[str, Any]) -> bool:
+        seen["candle"] |= last_candle(message) == last
+        seen["delta"] |= (message["type"] == "draw_delta"
+                          and message["next_cursor"]["version_id"] == final_version)
+        return seen["candle"] and seen["delta"]
+
+    return done
 
 
 def forming(t: int, close: float) -> dict[str, Any]:
@@ -97,14 +109,14 @@ def test_forming_draw_deltas_and_system_messages_reach_other_processes(
         assert status == 200
     last = CANDLES[-1].candle_time
     wait_for(lambda: a.get(f"/api/factor/health?series_id={S}")[1]["factor_head_time"] == last)
-    got = receive_until(ws, lambda m: m["type"] == "candle_closed"
-                        and m["candle"]["candle_time"] == last) + settle(ws)
-    closed = [m["candle"]["candle_time"] for m in got if m["type"] == "candle_closed"]
+    final = b.get(f"/api/draw/delta?series_id={S}&cursor_version_id=0")[1]["next_cursor"]
+    got = receive_until(ws, live_done(last, final["version_id"]))
+    closed = [c["candle_time"] for m in got if m["type"] in ("candle_closed", "candles_batch")
+              for c in (m["candles"] if m["type"] == "candles_batch" else [m["candle"]])]
     assert closed == [c.candle_time for c in CANDLES[-LIVE:]]
     deltas = [m for m in got if m["type"] == "draw_delta"]
     assert deltas and any(m["instruction_catalog_patch"] for m in deltas)
-    mine = receive_until(local, lambda m: m["type"] == "candle_closed"
-                         and m["candle"]["candle_time"] == last) + settle(local)
+    mine = receive_until(local, live_done(last, final["version_id"]))
     assert [m for m in mine if m["type"] == "draw_delta"] == deltas  # the same, whole messages
     for delta in deltas:  # nothing lost: every delta applies to the cursor the client holds
         assert delta["from_version_id"] == cursor, (cursor, delta)
