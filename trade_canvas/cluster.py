@@ -182,9 +182,8 @@ RELAYED_KINDS = frozenset({FormingHint.kind, DrawHint.kind, BroadcastHint.kind})
 
 
 def from_elsewhere(hint: AnyHint, node: str) -> bool:
-    """Whether a relayed hint (f, d, b) comes from another process: the sender's own
-    subscribers already got it. Sequenced hints (c, w) are always taken: their sequence
-    numbers keep the follower in step."""
+    """False for a relayed hint (f, d, b) of this process itself: its own subscribers had
+    that message already. Other kinds are left to the caller (its own writes and releases)."""
     return hint.kind not in RELAYED_KINDS or hint.node != node
 
 

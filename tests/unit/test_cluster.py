@@ -128,7 +128,7 @@ def test_relayed_hints_round_trip_and_only_other_nodes_take_them() -> None:
         assert not from_elsewhere(hint, "n1") and from_elsewhere(hint, "n2")
     closed = Hint("c", "x", 4, (candle,), "n1")
     assert encode_hints(closed) == [encode_hint(closed)]
-    assert from_elsewhere(closed, "n1")  # own writes keep the follower's sequence in step
+    assert from_elsewhere(closed, "n1")  # own writes: the runtime decides
     assert decode_hint('["d","x",0,"n",["1",2,3,null,true]]') is None
     assert decode_hint('["b","x",0,"n",[1]]') is None
     assert decode_hint('["f","",0,"n",[["x",1]]]') is None

@@ -12,7 +12,7 @@ import pykka
 
 from trade_canvas.actors.subscriber import MarketStream, Outbox
 from trade_canvas.candles import Candle
-from trade_canvas.cluster import AnyHint
+from trade_canvas.cluster import AnyHint, Hint
 from trade_canvas.exchanges.binance import KlineUpdate
 from trade_canvas.exchanges.binance_markets import MarketInfo
 from trade_canvas.freqtrade.commands import BacktestRequest

@@ -240,7 +240,7 @@ def start_cluster(
 
     node_id = cluster.node.node_id
 
-    def on_hint(hint: Hint) -> None:
+    def on_hint(hint: AnyHint) -> None:
         if hint.node == node_id and hint.kind in ("c", "w"):
             return  # this process's own write: the fan-out had it at commit (WrittenHere)
         to_fanout(HintReceived(hint))
