@@ -270,7 +270,7 @@ class FanoutActor(pykka.ThreadingActor):
                                                                           time.monotonic()))
 
     def _written_here(self, hint: Hint) -> None:
-        """Take this process's committed write as delivered (its hub has the candles already).
+        """Deliver this process's committed write to its hub, in sequence.
 
         A jump (another process's write not delivered yet) or a series just taken up here
         resyncs, as a hint would: every write numbered up to this one has committed. The hint
@@ -288,9 +288,10 @@ class FanoutActor(pykka.ThreadingActor):
         if step is Step.DROP:
             return
         if step is Step.DELIVER:
-            newest = max(c.candle_time for c in hint.candles)
-            cursor = self.cursors.get(hint.series_id)
-            self.cursors[hint.series_id] = newest if cursor is None else max(cursor, newest)
+            # The hub gets it from here, not from the store actor: told directly, this write
+            # could overtake an earlier one of another process whose hint is still on its way
+            # (the jump above), and the hub's cursors would skip that candle for good.
+            self._deliver(hint.series_id, hint.candles)
         self.counters["written_here"] += 1
         self._to_factor(hint.series_id, hint.candles)  # in sequence: the commit order
 

@@ -42,7 +42,8 @@ class StoreActor(pykka.ThreadingActor):
         # of every process in commit order through the fan-out actor instead.
         self.tell_factor = tell_factor
         # Cluster mode: (series, write sequence number, candles, publish) after each commit,
-        # so the other processes learn of the write (runtime/cluster.py).
+        # so the other processes learn of the write and this one's fan-out delivers it to the
+        # hub in sequence order with theirs (runtime/cluster.py).
         self.on_committed = on_committed
         self.series = series
         self.store = store
@@ -88,9 +89,12 @@ class StoreActor(pykka.ThreadingActor):
             self.on_written(self.series.text)
         if self.on_committed is not None:
             self.on_committed(self.series.text, seq, message.candles, message.publish)
-        # Factors follow every stored candle; only subscribers depend on ``publish``.
+        # Factors follow every stored candle; only subscribers depend on ``publish``. In cluster
+        # mode the fan-out tells the hub: told here directly, this write could overtake an
+        # earlier one made by another process whose hint has not arrived yet, and the hub's
+        # cursor would then skip that one for good.
         stored = CandlesStored(message.candles, committed)
-        if message.publish:
+        if message.publish and self.on_committed is None:
             tell(self.lookup("hub"), stored)
         if self.tell_factor:
             tell(self.lookup("factor"), stored)
