@@ -44,20 +44,27 @@ class LeaseKeeper:
         self.renewed_at = now  # boot counts as a renewal of the nothing we own yet
         self.fenced = False
         self.fenced_at: float | None = None
+        self.connection_lost = False
 
     def renewed(self, sent_at: float) -> bool:
         """Record a committed renewal sent at ``sent_at``; True if this lifts a fence."""
         self.renewed_at = max(self.renewed_at, sent_at)
+        self.connection_lost = False
         lifted, self.fenced = self.fenced, False
         return lifted
+
+    def lost(self) -> None:
+        """The lease connection was lost: fence at the next check instead of at the deadline
+        (the others may reap this node two ticks after its last heartbeat, before the TTL)."""
+        self.connection_lost = True
 
     def deadline(self) -> float:
         """Return the monotonic time at which this process must fence."""
         return self.renewed_at + self.ttl_s - self.tick_s
 
     def fence_due(self, now: float) -> bool:
-        """True (once) when the deadline passed without a renewal."""
-        if self.fenced or now < self.deadline():
+        """True (once) when the deadline passed without a renewal, or the connection was lost."""
+        if self.fenced or (now < self.deadline() and not self.connection_lost):
             return False
         self.fenced, self.fenced_at = True, now
         return True

@@ -172,7 +172,7 @@ def test_a_node_below_its_share_is_handed_series_by_an_owner_above_it(schema) ->
     assert len(round_(a)["a"]) == 6
     d.tick(SERIES)  # asks for its share
     d.close()  # and dies
-    time.sleep(TICK * 1.5)
+    time.sleep(TICK * 2.5)
     a.tick(SERIES)  # reaps d
     assert a.tick(SERIES).asked == () and len(a.tick(SERIES, hand_over=SERIES).owned) == 6
     a.close(), b.close(), c.close()
@@ -244,3 +244,21 @@ def test_sequenced_writers_of_one_series_commit_in_seq_order(schema) -> None:
     assert len({seq for seq, _ in snapshots}) > 10  # the reader saw the writes interleave
     for seen, times in snapshots:
         assert times == {t for seq, ts in written if seq <= seen for t in ts}, seen
+
+def test_a_lost_control_connection_is_told_apart_from_a_failed_statement(schema) -> None:
+    from trade_canvas.errors import Unavailable
+
+    a = node(schema, "a")
+    a.tick(SERIES)
+    assert not a.connection_lost
+    with psycopg.connect(schema[0], autocommit=True) as admin:  # the session dies under it
+        admin.execute("SELECT pg_terminate_backend(%s)", (a._connection().info.backend_pid,))
+    with pytest.raises(Unavailable):
+        a.tick(SERIES)
+    assert a.connection_lost  # the others may reap it two ticks after its last heartbeat
+    a.tick(SERIES)
+    assert not a.connection_lost
+    with pytest.raises(Unavailable):  # a statement that fails on a healthy connection
+        a._transaction("bad", lambda cur: cur.execute("SELECT 1/0"))
+    assert not a.connection_lost
+    a.close()

@@ -29,6 +29,17 @@ def test_keeper_fences_once_at_ttl_minus_tick_and_a_renewal_lifts_it() -> None:
     assert keeper.deadline() == 16.0
 
 
+def test_keeper_fences_at_once_when_the_lease_connection_is_lost() -> None:
+    # The others may reap a node whose control session closed two ticks after its last
+    # heartbeat, long before the TTL: a node that lost its connection must not wait for it.
+    keeper = LeaseKeeper(TTL, TICK, now=0.0)
+    keeper.renewed(10.0)
+    keeper.lost()
+    assert keeper.fence_due(10.2) and keeper.fenced_at == 10.2
+    assert not keeper.fence_due(10.3)  # once per lapse
+    assert keeper.renewed(11.0) and not keeper.fence_due(12.0)  # a renewal ends it
+
+
 @pytest.mark.parametrize("wanted, alive, owned, room", [
     (30, 3, 0, 10), (30, 3, 10, 0), (31, 3, 5, 6), (1, 3, 0, 1), (0, 2, 0, 0), (5, 0, 0, 5),
 ])

@@ -139,6 +139,8 @@ class LeaseActor(pykka.ThreadingActor):
             if self.last_error is None:
                 logger.warning("cluster lease tick failed: %s", exc)
             self.last_error = str(exc)
+            if self.leases.connection_lost:
+                self.keeper.lost()
             self.fence_if_due()
             return
         if self.last_error is not None:

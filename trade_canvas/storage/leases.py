@@ -130,11 +130,13 @@ _QUERIES = {
         "WHERE node_id = %(node)s RETURNING series_id, epoch"
     ),
     # A dead node: its heartbeat expired, or its control session is gone from pg_stat_activity
-    # (kill -9: the server sees the socket close at once) and it missed a tick. Its row expires
-    # now, then its leases are cut short; ``expires_at > now()``: never pushed forward.
+    # (kill -9: the server sees the socket close at once) and it missed two ticks. Its row
+    # expires now, then its leases are cut short; ``expires_at > now()``: never pushed forward.
+    # A live node whose connection was closed (a cut, a terminated session) looks the same; it
+    # fences at its next tick, which fails at once (``connection_lost``), one tick before this.
     "reap_nodes": (
         "UPDATE {s}.cluster_nodes n SET expires_at = now() WHERE n.node_id <> %(node)s "
-        "AND n.expires_at > now() AND n.heartbeat_at < now() - %(tick)s * interval '1 second' "
+        "AND n.expires_at > now() AND n.heartbeat_at < now() - %(grace)s * interval '1 second' "
         "AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = n.backend_pid "
         "AND a.backend_start = n.backend_start)"
     ),
@@ -228,6 +230,9 @@ class PostgresLeases:
         self._known: set[str] = set()  # series whose owner row exists (inserted or seen)
         self._where = redact_dsn(dsn)
         self._lock = threading.Lock()  # one transaction at a time on the connection
+        # The last failure lost (or never got) the connection, rather than timing out on it:
+        # the others may take this node for dead two ticks after its last heartbeat.
+        self.connection_lost = False
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
@@ -240,8 +245,12 @@ class PostgresLeases:
             with self._lock:
                 conn = self._connection()
                 with conn.transaction(), conn.cursor() as cur:
-                    return work(cur)
+                    result = work(cur)
+                self.connection_lost = False
+                return result
         except psycopg.Error as exc:
+            last = self._conn
+            self.connection_lost = last is None or last.closed or last.broken
             self.close()
             detail = " ".join(str(exc).split())
             raise Unavailable(f"cluster leases at {self._where}: {what} failed: {detail}") from None
