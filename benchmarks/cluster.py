@@ -2,7 +2,7 @@
 
 Each server is its own ``python -m trade_canvas serve`` process (as on separate hosts), all on
 the same DSN and a fresh schema shared by the scenario's servers (``ServerProcess(schema=...)``).
-Needs ``--store postgres``. Four scenarios:
+Needs ``--store postgres``. Six scenarios:
 
 - **takeover**: the replay exchange at 60x (``--synthesize-listed``) and three servers following
   the same whitelist of N spot 1m series (30; 10 in --quick). When every series has a live
@@ -14,6 +14,25 @@ Needs ``--store postgres``. Four scenarios:
   checked: consecutive times exactly 60 s apart (``store_missing`` = candles absent between the
   first and the newest stored one, ``store_duplicates`` = times stored twice or out of order)
   and every candle equal to the exchange's kline (``store_mismatched``).
+- **freeze and partition**: the replay exchange at 60x, three servers following N series (30;
+  6 in --quick), each reaching Postgres through its own ``TcpRelay`` (tests/fakes), default
+  lease timings (tick 0.5 s, TTL 3 s), one subscriber socket per series on every server. Each
+  cycle (3; 1 in --quick) hits the biggest owner three times in turn: SIGSTOP (``freeze``),
+  a relay cut (connections closed, new ones refused) and a blackhole (no byte moves, nothing
+  is closed), each held until every series it owned has another live owner plus 1 s, then
+  SIGCONT / restore and wait until it is ready. ``freeze_takeover_*`` and
+  ``partition_takeover_*`` (cut and blackhole) run from the fault to that poll. Throughout,
+  ``/_replay/state`` is sampled every 100 ms: ``faults_double_upstream_samples`` counts samples
+  with a stream on two upstream connections (a frozen process's connections are left out
+  while it is stopped: it can neither unsubscribe nor receive). ``faults_missing`` /
+  ``faults_duplicates``: holes and repeats in what each socket received, plus those in the
+  store (the same store check as takeover's, over all N series).
+- **minute boundary**: on the fan-out cluster, S series (1000; 200 in --quick) with one
+  subscriber each on P2 and on P3 (10 series a socket); a warm-up minute, then one closed
+  candle of every series posted to P1 at once (16 connections). ``boundary_p99_s``: from the
+  first post to the arrival on a remote socket, over all (series, remote node);
+  ``boundary_from_ack_*``: from each candle's own acknowledgement; ``boundary_write_s``: how
+  long P1 took to acknowledge them all.
 - **fan-out across processes**: three servers, HTTP ingest on P1 only. One series gets S
   subscribers on P1 (``local``, the baseline), a second one S subscribers split over P2 and P3
   (``remote``: every candle crosses Postgres NOTIFY), a third one S subscribers on P2 alone
@@ -35,17 +54,23 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import threading
 import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 import orjson
+import psycopg
 
 from benchmarks import feeds, ingest
-from benchmarks.client import Http, aligned_past, ingest_batches, percentile
+from benchmarks.client import Http, aligned_past, candle, ingest_batches, percentile
 from benchmarks.fanout import _drive, _score, _wait_green
 from benchmarks.processes import Context, ReplayProcess, ServerProcess
 from benchmarks.realdata import real_candles
 from benchmarks.subscribers import Subscribers, wait_subscribed
+from tests.fakes.tcp_relay import TcpRelay
 
 TARGETS = [
     ("takeover_p50_s", "<=", 1.5),
@@ -60,6 +85,13 @@ TARGETS = [
     ("fanout_local_lost", "<", 1),
     ("throughput_remote_candles_per_s", ">=", 5000),
     ("throughput_lost", "<", 1),
+    ("freeze_takeover_max_s", "<=", 4.0),
+    ("partition_takeover_max_s", "<=", 4.0),
+    ("faults_double_upstream_samples", "<", 1),
+    ("faults_missing", "<", 1),
+    ("faults_duplicates", "<", 1),
+    ("boundary_p99_s", "<=", 1.0),
+    ("boundary_lost", "<", 1),
     ("ingest_single_candles_per_s", ">=", 600),
     ("ingest_batch_candles_per_s", ">=", 60_000),
 ]
@@ -67,6 +99,7 @@ CLUSTER_ENV = {"TRADE_CANVAS_CLUSTER": "1"}
 POLL_S = 0.05
 REPLAY_SPEED = 60.0
 BATCH_PATH = "/api/market/ingest/candles_closed_batch"
+CLOSED_PATH = "/api/market/ingest/candle_closed"
 THROUGHPUT_BATCH = 50  # candles per request: one notification payload (~7.9 kB) each
 
 
@@ -82,13 +115,13 @@ class Cluster:
         self.node_of: dict[ServerProcess, str] = {}  # server -> its node name
         self.started = 0
 
-    def add(self) -> ServerProcess:
+    def add(self, env: dict[str, str] | None = None) -> ServerProcess:
         """Start one more server (node name ``<name>-<k>``) and wait until it is ready."""
         label = f"{self.name}-{self.started}"
         self.started += 1
         server = ServerProcess(self.ctx.workdir / self.name, self.ctx.store,
-                               {**self.env, "TRADE_CANVAS_CLUSTER_NODE_NAME": label}, label,
-                               schema=self.schema)
+                               {**self.env, "TRADE_CANVAS_CLUSTER_NODE_NAME": label,
+                                **(env or {})}, label, schema=self.schema)
         self.node_of[server] = label
         self.servers.append(server)
         return server
@@ -285,6 +318,297 @@ def _takeover_figures(results: list[dict[str, Any]], checks: dict[str, int], cou
     }
 
 
+# --- freeze and partition ---------------------------------------------------------------------
+
+
+class UpstreamSampler:
+    """Samples the replay exchange's connections every 100 ms and counts the samples with one
+    stream on two upstream connections. ``ignored``: connections of a frozen process (it can
+    neither unsubscribe nor receive while stopped), left out until it is woken."""
+
+    def __init__(self, replay: ReplayProcess) -> None:
+        self.replay = replay
+        self.ignored: set[int] = set()
+        self.samples = 0
+        self.doubles = 0
+        self.example: dict[str, list[int]] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def connections(self) -> list[dict[str, Any]]:
+        return self.replay.get_json("/_replay/state")["connections"]  # type: ignore[no-any-return]
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            try:
+                connections = self.connections()
+            except OSError:
+                continue
+            on: dict[str, list[int]] = {}
+            for conn in connections:
+                if conn["id"] not in self.ignored:
+                    for stream in conn["streams"]:
+                        on.setdefault(f"{conn['market']}/{stream}", []).append(conn["id"])
+            self.samples += 1
+            double = {stream: ids for stream, ids in on.items() if len(ids) > 1}
+            if double:
+                self.doubles += 1
+                self.example = self.example or double
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def _stream(series_id: str) -> str:
+    symbol, timeframe = series_id.split(":")[2:4]
+    return f"{symbol.replace('/', '').lower()}@kline_{timeframe}"
+
+
+def _ready(server: ServerProcess) -> bool:
+    try:
+        with urllib.request.urlopen(server.base + "/api/ready", timeout=1) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _fault_cycle(cluster: Cluster, series: set[str], relays: dict[ServerProcess, TcpRelay],
+                 sampler: UpstreamSampler, kind: str) -> dict[str, Any]:
+    """Freeze (SIGSTOP) or cut off (relay cut / blackhole) the biggest owner until its series
+    moved, plus a second; then wake or reconnect it and wait until it is ready again."""
+    owners = _wait_owned(cluster, series, 90.0)
+    alive = cluster.wait_nodes()
+    counts: dict[str, int] = {}
+    for node in owners.values():
+        counts[node] = counts.get(node, 0) + 1
+    victim_id = max(counts, key=lambda n: counts[n])
+    victim = next(s for s in cluster.servers if cluster.node_of[s] == alive[victim_id])
+    orphans = {sid for sid, node in owners.items() if node == victim_id}
+    survivor = next(s for s in cluster.servers if s is not victim)
+    if kind == "freeze":
+        streams = {_stream(sid) for sid in orphans}
+        sampler.ignored = {c["id"] for c in sampler.connections() if set(c["streams"]) & streams}
+        os.killpg(victim.proc.pid, signal.SIGSTOP)
+    elif kind == "cut":
+        relays[victim].cut()
+    else:
+        relays[victim].blackhole()
+    started = time.monotonic()
+    try:
+        while True:
+            now = _owners(cluster.view(survivor), orphans)
+            if all(node is not None and node != victim_id for node in now.values()):
+                took = time.monotonic() - started
+                break
+            if time.monotonic() - started > 30.0:
+                raise RuntimeError(f"{kind}: no takeover 30 s after the fault: {now}")
+            time.sleep(POLL_S)
+        time.sleep(1.0)
+    finally:
+        if kind == "freeze":
+            os.killpg(victim.proc.pid, signal.SIGCONT)
+            sampler.ignored = set()
+        else:
+            relays[victim].restore()
+    deadline = time.monotonic() + 60.0
+    while not _ready(victim):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{kind}: {cluster.node_of[victim]} not ready 60 s after the fault")
+        time.sleep(0.2)
+    return {"kind": kind, "takeover_s": took, "orphans": len(orphans)}
+
+
+def _socket_faults(logs: list[Any]) -> dict[str, int]:
+    """Missing (holes between a socket's first and last candle) and duplicate closed candles."""
+    missing = duplicates = gaps = closed = 0
+    for log in logs:
+        per_series: dict[str, list[int]] = {}
+        for sid, t, _ in log.closed_candles:
+            per_series.setdefault(sid, []).append(t)
+        for times in per_series.values():
+            for prev, cur in zip(times, times[1:]):
+                if cur <= prev:
+                    duplicates += 1
+                elif cur - prev > 60:
+                    missing += (cur - prev) // 60 - 1
+        gaps += log.errors["gap"]
+        closed += log.closed_by_server
+    return {"missing": missing, "duplicates": duplicates, "gap_frames": gaps,
+            "sockets_closed": closed}
+
+
+def _faults(ctx: Context, count: int, cycles: int) -> dict[str, Any]:
+    """Freeze and partition cycles on three servers, each reaching Postgres through a relay."""
+    params = psycopg.conninfo.conninfo_to_dict(ctx.store.dsn)
+    host, port = str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432)
+    replay = ReplayProcess(ctx.workdir / "faults-replay", "--speed", str(REPLAY_SPEED),
+                           "--synthesize-listed")
+    relays: dict[ServerProcess, TcpRelay] = {}
+    try:
+        series = [sid for sid in feeds.series_ids(replay, count * 2) if sid.endswith(":1m")
+                  and ":spot:" in sid][:count]
+        whitelist = ctx.workdir / "faults-whitelist.json"
+        whitelist.parent.mkdir(parents=True, exist_ok=True)
+        whitelist.write_text(orjson.dumps({"series_ids": series}).decode())
+        env = {**replay.env(), "TRADE_CANVAS_ENABLE_WHITELIST_INGEST": "1",
+               "TRADE_CANVAS_WHITELIST_PATH": str(whitelist),
+               "TRADE_CANVAS_MARKET_AUTO_TAIL_BACKFILL_MAX_CANDLES": "100",
+               "TRADE_CANVAS_POSTGRES_POOL_MAX_SIZE": "4",
+               "TRADE_CANVAS_POSTGRES_CONNECT_TIMEOUT_S": "1"}
+        cluster = Cluster(ctx, "faults", env)
+        groups: list[Subscribers] = []
+        sampler = UpstreamSampler(replay)
+        try:
+            for _ in range(3):
+                relay = TcpRelay(host, port)
+                dsn = psycopg.conninfo.make_conninfo(ctx.store.dsn, host="127.0.0.1",
+                                                     port=relay.port)
+                relays[cluster.add({"TRADE_CANVAS_POSTGRES_DSN": dsn})] = relay
+            _wait_owned(cluster, set(series), 90.0)
+            for server in cluster.servers:
+                groups.append(Subscribers(server.port, [(sid,) for sid in series], processes=1))
+            results = []
+            for cycle in range(cycles):
+                for kind in ("freeze", "cut", "blackhole"):
+                    results.append(_fault_cycle(cluster, set(series), relays, sampler, kind))
+                    print(f"   {kind} {cycle + 1}: takeover {results[-1]['takeover_s']:.2f} s "
+                          f"({results[-1]['orphans']} series)", flush=True)
+            _wait_owned(cluster, set(series), 90.0)
+            time.sleep(3.0)  # the last tail fills and a resync period
+            logs = []
+            for group in groups:
+                logs.extend(group.stop()[0])
+            groups = []
+            sockets = _socket_faults(logs)
+            checks = _check_store(cluster.servers[0], replay, series)
+        finally:
+            sampler.stop()
+            for group in groups:
+                group.kill()
+            cluster.close()
+    finally:
+        replay.stop()
+        for relay in relays.values():
+            relay.cut()
+    freeze = sorted(r["takeover_s"] for r in results if r["kind"] == "freeze")
+    partition = sorted(r["takeover_s"] for r in results if r["kind"] != "freeze")
+    return {
+        "faults_series": count,
+        "faults_cycles": cycles,
+        "freeze_takeover_s_each": [round(t, 3) for t in freeze],
+        "freeze_takeover_max_s": round(freeze[-1], 3),
+        "partition_takeover_s_each": {kind: [round(r["takeover_s"], 3) for r in results
+                                             if r["kind"] == kind] for kind in ("cut", "blackhole")},
+        "partition_takeover_max_s": round(partition[-1], 3),
+        "faults_upstream_samples": sampler.samples,
+        "faults_double_upstream_samples": sampler.doubles,
+        "faults_double_upstream_example": sampler.example,
+        "faults_sockets": len(logs),
+        "faults_candles_received": sum(len(log.closed_candles) for log in logs),
+        "faults_missing": sockets["missing"] + checks["missing"],
+        "faults_duplicates": sockets["duplicates"] + checks["duplicates"],
+        "faults_gap_frames": sockets["gap_frames"],
+        "faults_sockets_closed": sockets["sockets_closed"],
+        "faults_store_mismatched": checks["mismatched"],
+    }
+
+
+# --- minute boundary ---------------------------------------------------------------------------
+
+
+def _burst(port: int, series: list[str], t: int, threads: int = 16) -> tuple[float, dict[str, float]]:
+    """POST one closed candle at ``t`` for every series at once; return the start and acks."""
+    acks: dict[str, float] = {}
+    lock = threading.Lock()
+    todo = list(series)
+
+    def worker() -> None:
+        client = Http(port)
+        try:
+            while True:
+                with lock:
+                    if not todo:
+                        return
+                    sid = todo.pop()
+                body = orjson.dumps({"series_id": sid, "candle": candle(t)})
+                status, data = client.request("POST", CLOSED_PATH, body)
+                if status != 200:
+                    raise RuntimeError(f"candle_closed -> {status}: {data[:200]!r}")
+                with lock:
+                    acks[sid] = time.monotonic()
+        finally:
+            client.close()
+
+    errors: list[BaseException] = []
+
+    def guarded() -> None:
+        try:
+            worker()
+        except BaseException as exc:  # noqa: BLE001  re-raised by the driver below
+            errors.append(exc)
+
+    pool = [threading.Thread(target=guarded, daemon=True) for _ in range(threads)]
+    start = time.monotonic()
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    if errors:
+        raise RuntimeError(f"minute boundary burst failed: {errors[0]!r}")
+    return start, acks
+
+
+def _boundary(cluster: Cluster, series_count: int) -> dict[str, Any]:
+    """One closed candle of ``series_count`` series written at once on P1; when does each
+    reach the subscribers on P2 and P3 (one socket per 10 series)?"""
+    p1, remotes = cluster.servers[0], cluster.servers[1:3]
+    series = [f"bench:spot:MB{k}/USDT:1m" for k in range(series_count)]
+    t0 = aligned_past(60, 10)
+    plan = [tuple(series[i:i + 10]) for i in range(0, series_count, 10)]
+    groups = []
+    try:
+        for server in remotes:
+            groups.append(Subscribers(server.port, plan, processes=1))
+        registered = [wait_subscribed(server, set(series), series_count) for server in remotes]
+        _burst(p1.port, series, t0)  # warm-up minute: each follower's first write reads the store
+        time.sleep(4.0)
+        start, acks = _burst(p1.port, series, t0 + 60)
+        time.sleep(3.0)
+        per_node = [group.stop()[0] for group in groups]
+    except BaseException:
+        for group in groups:
+            group.kill()
+        raise
+    from_start: list[float] = []
+    from_ack: list[float] = []
+    lost = 0
+    for logs in per_node:
+        arrived: dict[str, float] = {}
+        for log in logs:
+            for sid, t, received_at in log.closed_candles:
+                if t == t0 + 60:
+                    arrived.setdefault(sid, received_at)
+        lost += series_count - len(arrived)
+        for sid, at in arrived.items():
+            from_start.append(at - start)
+            from_ack.append(at - acks[sid])
+    from_start.sort()
+    from_ack.sort()
+    return {
+        "boundary_series": series_count,
+        "boundary_subscribed": sum(registered),
+        "boundary_write_s": round(max(acks.values()) - start, 3),
+        "boundary_p50_s": round(percentile(from_start, 0.5), 3),
+        "boundary_p99_s": round(percentile(from_start, 0.99), 3),
+        "boundary_max_s": round(from_start[-1], 3),
+        "boundary_from_ack_p50_ms": round(percentile(from_ack, 0.5) * 1000, 1),
+        "boundary_from_ack_p99_ms": round(percentile(from_ack, 0.99) * 1000, 1),
+        "boundary_lost": lost,
+    }
+
+
 # --- fan-out across processes -------------------------------------------------------------------
 
 
@@ -434,12 +758,22 @@ def run(ctx: Context) -> dict[str, Any]:
     if ctx.quick:
         takeover_args, fanout_args, throughput_args, ingest_args = \
             (10, 1, 3), (200, 10, 100), (20, 100), (1000, 2)
+        faults_args, boundary_args = (6, 1), (200,)
     else:
         takeover_args, fanout_args, throughput_args, ingest_args = \
             (30, 5, 5), (1000, 100, 500), (100, 500), (10_000, 10)
+        faults_args, boundary_args = (30, 3), (1000,)
     figures: dict[str, Any] = {"processes": 3, "nproc": os.cpu_count()}
     print("   takeover", flush=True)
     figures.update(_takeover(ctx, *takeover_args))
+    print("   freeze and partition", flush=True)
+    figures.update(_faults(ctx, *faults_args))
+    if figures["faults_double_upstream_samples"] or figures["faults_missing"] \
+            or figures["faults_duplicates"] or figures["faults_store_mismatched"]:
+        ctx.problems.append(
+            f"faults: {figures['faults_double_upstream_samples']} double upstream samples, "
+            f"{figures['faults_missing']} missing, {figures['faults_duplicates']} duplicated, "
+            f"{figures['faults_store_mismatched']} stored candles unlike the exchange's")
     print("   fan-out and throughput", flush=True)
     cluster = Cluster(ctx, "fanout", {})
     try:
@@ -448,8 +782,12 @@ def run(ctx: Context) -> dict[str, Any]:
         cluster.wait_nodes()
         figures.update(_fanout(cluster, *fanout_args))
         figures.update(_throughput(cluster, *throughput_args))
+        print("   minute boundary", flush=True)
+        figures.update(_boundary(cluster, *boundary_args))
     finally:
         cluster.close()
+    if figures["boundary_lost"]:
+        ctx.problems.append(f"minute boundary: {figures['boundary_lost']} candles never arrived")
     for side in ("local", "remote", "remote1"):
         if figures[f"fanout_{side}_lost"] or figures[f"fanout_{side}_duplicates"]:
             ctx.problems.append(f"fan-out ({side}): lost {figures[f'fanout_{side}_lost']}, "
