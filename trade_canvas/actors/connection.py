@@ -215,11 +215,17 @@ class StreamConnections(pykka.ThreadingActor):
     def _remove(self, stream: str) -> None:
         self.routes.pop(stream, None)
         for conn in list(self.connections.values()):
+            if stream not in conn.wanted:
+                continue
             conn.wanted.discard(stream)
             if not conn.wanted:
                 conn.state = "closed"
                 _close(conn.ws)
                 del self.connections[conn.id]
+            elif conn.state == "open":
+                # At once when the method budget allows, not at the next tick: in cluster mode
+                # another process may subscribe the stream as soon as this one's lease moves.
+                self._methods(conn, self.clock())
 
     def _connect(self, conn: Connection) -> None:
         now = self.clock()
@@ -324,17 +330,26 @@ class StreamConnections(pykka.ThreadingActor):
             conn.last_frame_at = now
             _close(conn.ws)
             return
+        self._methods(conn, now)
+
+    def _methods(self, conn: Connection, now: float) -> None:
+        """Send one SUBSCRIBE or UNSUBSCRIBE frame if one is due and the budget allows.
+
+        Unsubscribes go first: a stream this process gives up may be subscribed by another
+        process of the cluster as soon as the series' lease moves.
+        """
         if now - conn.last_method_at < self.method_interval_s:
             return
         add = sorted(conn.wanted - conn.subscribed)[:MAX_PARAMS_PER_FRAME]
         drop = sorted(conn.subscribed - conn.wanted)[:MAX_PARAMS_PER_FRAME]
         frame = None
-        if add:
-            frame = binance.subscribe_frame(add, next(conn.request_ids))
-            conn.subscribed.update(add)
-        elif drop:
+        if drop:
             frame = binance.unsubscribe_frame(drop, next(conn.request_ids))
             conn.subscribed.difference_update(drop)
+            add = []
+        elif add:
+            frame = binance.subscribe_frame(add, next(conn.request_ids))
+            conn.subscribed.update(add)
         if frame is None or conn.ws is None:
             return
         conn.last_method_at = now
