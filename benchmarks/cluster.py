@@ -10,10 +10,10 @@ Needs ``--store postgres``. Six scenarios:
   and a survivor's ``GET /api/runtime/cluster`` is polled every 50 ms until every series the
   killed node owned has another owner with an unexpired lease: ``takeover_s`` runs from the
   kill to that poll. A replacement server joins before the next cycle. After the cycles, the
-  stored candles of a few series (read back with ``/api/market/candles`` from a survivor) are
-  checked: consecutive times exactly 60 s apart (``store_missing`` = candles absent between the
-  first and the newest stored one, ``store_duplicates`` = times stored twice or out of order)
-  and every candle equal to the exchange's kline (``store_mismatched``).
+  newest (up to 1000) stored candles of a few series (read back with ``/api/market/candles``
+  from a survivor) are checked against the exchange's klines of their span (``store_missing`` =
+  klines absent from the store, so a recording's own holes do not count; ``store_duplicates`` =
+  times stored twice or out of order; ``store_mismatched`` = candles unlike the exchange's).
 - **freeze and partition**: the replay exchange at 60x, three servers following N series (30;
   6 in --quick), each reaching Postgres through its own ``TcpRelay`` (tests/fakes), default
   lease timings (tick 0.5 s, TTL 3 s), one subscriber socket per series on every server. Each
@@ -222,27 +222,29 @@ def _takeover_cycle(cluster: Cluster, series: set[str]) -> dict[str, Any]:
             "spread": sorted(counts.values(), reverse=True)}
 
 
-def _stored_vs_exchange(server: ServerProcess, replay: ReplayProcess, series_id: str) -> dict[str, int]:
-    stored = server.get_json(f"/api/market/candles?series_id={series_id}&limit=5000")["candles"]
-    times = [c["candle_time"] for c in stored]
-    missing = duplicates = 0
-    for prev, cur in zip(times, times[1:]):
-        if cur <= prev:
-            duplicates += 1
-        elif cur - prev > 60:
-            missing += (cur - prev) // 60 - 1
+def _exchange_klines(replay: ReplayProcess, series_id: str, first: int,
+                     last: int) -> dict[int, tuple[float, ...]]:
+    """Return the exchange's 1m klines of a series from ``first`` to ``last`` (<= 1000)."""
     market, symbol = series_id.split(":")[1:3]
     symbol = symbol.replace("/", "")
     path = "/spot/api/v3/klines" if market == "spot" else "/futures/fapi/v1/klines"
-    tail = stored[-1000:]
-    mismatched = 0
-    if tail:
-        rows = replay.get_json(f"{path}?symbol={symbol}&interval=1m&startTime="
-                               f"{tail[0]['candle_time'] * 1000}&endTime="
-                               f"{tail[-1]['candle_time'] * 1000}&limit=1000")
-        exchange = {r[0] // 1000: (float(r[1]), float(r[2]), float(r[3]), float(r[4]), float(r[5]))
-                    for r in rows}
-        for c in tail:
+    rows = replay.get_json(f"{path}?symbol={symbol}&interval=1m&startTime={first * 1000}"
+                           f"&endTime={last * 1000}&limit=1000")
+    return {r[0] // 1000: (float(r[1]), float(r[2]), float(r[3]), float(r[4]), float(r[5]))
+            for r in rows}
+
+
+def _stored_vs_exchange(server: ServerProcess, replay: ReplayProcess, series_id: str) -> dict[str, int]:
+    """Compare the newest (up to 1000) stored candles with the exchange's klines of their span:
+    ``missing`` counts klines the store lacks (a recording's own holes are not missing)."""
+    stored = server.get_json(f"/api/market/candles?series_id={series_id}&limit=1000")["candles"]
+    times = [c["candle_time"] for c in stored]
+    duplicates = sum(1 for prev, cur in zip(times, times[1:]) if cur <= prev)
+    missing = mismatched = 0
+    if stored:
+        exchange = _exchange_klines(replay, series_id, times[0], times[-1])
+        missing = len(set(exchange) - set(times))
+        for c in stored:
             mine = (c["open"], c["high"], c["low"], c["close"], c["volume"])
             if exchange.get(c["candle_time"]) != mine:
                 mismatched += 1
@@ -396,6 +398,8 @@ def _fault_cycle(cluster: Cluster, series: set[str], relays: dict[ServerProcess,
     else:
         relays[victim].blackhole()
     started = time.monotonic()
+    print(f"   {kind} of {cluster.node_of[victim]} at monotonic {started:.2f} "
+          f"(wall {time.strftime('%H:%M:%S')})", flush=True)
     try:
         while True:
             now = _owners(cluster.view(survivor), orphans)
@@ -420,23 +424,33 @@ def _fault_cycle(cluster: Cluster, series: set[str], relays: dict[ServerProcess,
     return {"kind": kind, "takeover_s": took, "orphans": len(orphans)}
 
 
-def _socket_faults(logs: list[Any]) -> dict[str, int]:
-    """Missing (holes between a socket's first and last candle) and duplicate closed candles."""
-    missing = duplicates = gaps = closed = 0
+def _socket_faults(logs: list[Any], replay: ReplayProcess) -> dict[str, Any]:
+    """Missing closed candles (exchange klines between a socket's first and last candle that it
+    did not get; the recordings' own holes are not missing) and duplicates (a time again or
+    out of order)."""
+    per_socket: list[dict[str, list[int]]] = []
+    spans: dict[str, tuple[int, int]] = {}
     for log in logs:
         per_series: dict[str, list[int]] = {}
         for sid, t, _ in log.closed_candles:
             per_series.setdefault(sid, []).append(t)
-        for times in per_series.values():
-            for prev, cur in zip(times, times[1:]):
-                if cur <= prev:
-                    duplicates += 1
-                elif cur - prev > 60:
-                    missing += (cur - prev) // 60 - 1
-        gaps += log.errors["gap"]
-        closed += log.closed_by_server
-    return {"missing": missing, "duplicates": duplicates, "gap_frames": gaps,
-            "sockets_closed": closed}
+        per_socket.append(per_series)
+        for sid, times in per_series.items():
+            lo, hi = spans.get(sid, (times[0], times[-1]))
+            spans[sid] = (min(lo, min(times)), max(hi, max(times)))
+    exchange = {sid: set(_exchange_klines(replay, sid, lo, hi)) for sid, (lo, hi) in spans.items()}
+    missing = duplicates = 0
+    examples: list[tuple[str, int]] = []
+    for per_series in per_socket:
+        for sid, times in per_series.items():
+            duplicates += sum(1 for prev, cur in zip(times, times[1:]) if cur <= prev)
+            lost = sorted(t for t in exchange[sid] if times[0] <= t <= times[-1]
+                          and t not in set(times))
+            missing += len(lost)
+            examples += [(sid, t) for t in lost[:10 - len(examples)]]
+    return {"missing": missing, "duplicates": duplicates, "examples": examples,
+            "gap_frames": sum(log.errors["gap"] for log in logs),
+            "sockets_closed": sum(log.closed_by_server for log in logs)}
 
 
 def _faults(ctx: Context, count: int, cycles: int) -> dict[str, Any]:
@@ -481,7 +495,7 @@ def _faults(ctx: Context, count: int, cycles: int) -> dict[str, Any]:
             for group in groups:
                 logs.extend(group.stop()[0])
             groups = []
-            sockets = _socket_faults(logs)
+            sockets = _socket_faults(logs, replay)
             checks = _check_store(cluster.servers[0], replay, series)
         finally:
             sampler.stop()
@@ -509,8 +523,9 @@ def _faults(ctx: Context, count: int, cycles: int) -> dict[str, Any]:
         "faults_candles_received": sum(len(log.closed_candles) for log in logs),
         "faults_missing": sockets["missing"] + checks["missing"],
         "faults_duplicates": sockets["duplicates"] + checks["duplicates"],
-        "faults_gap_frames": sockets["gap_frames"],
+        "faults_gap_frames": sockets["gap_frames"],  # the recordings' own holes send gaps too
         "faults_sockets_closed": sockets["sockets_closed"],
+        "faults_missing_examples": sockets["examples"],  # (series, candle time)
         "faults_store_mismatched": checks["mismatched"],
     }
 
