@@ -24,9 +24,11 @@ Needs ``--store postgres``. Six scenarios:
   ``partition_takeover_*`` (cut and blackhole) run from the fault to that poll. Throughout,
   ``/_replay/state`` is sampled every 100 ms: ``faults_double_upstream_samples`` counts samples
   with a stream on two upstream connections (a frozen process's connections are left out
-  while it is stopped: it can neither unsubscribe nor receive). ``faults_missing`` /
-  ``faults_duplicates``: holes and repeats in what each socket received, plus those in the
-  store (the same store check as takeover's, over all N series).
+  while it is stopped: it can neither unsubscribe nor receive), also by the fault running
+  (``faults_double_upstream_by_fault``: from the fault until its victim is ready again).
+  ``faults_missing``: exchange klines missing from what a socket received between its first
+  and last candle, plus those missing from the store (takeover's store check over all N
+  series); ``faults_duplicates``: candles received or stored twice or out of order.
 - **minute boundary**: on the fan-out cluster, S series (1000; 200 in --quick) with one
   subscriber each on P2 and on P3 (10 series a socket); a warm-up minute, then one closed
   candle of every series posted to P1 at once (16 connections). ``boundary_p99_s``: from the
@@ -133,8 +135,16 @@ class Cluster:
         self.dead.append(server)
 
     def view(self, server: ServerProcess | None = None) -> dict[str, Any]:
-        """Return ``/api/runtime/cluster`` of a server (the first one by default)."""
-        return (server or self.servers[0]).get_json("/api/runtime/cluster", timeout=10)  # type: ignore[no-any-return]
+        """Return ``/api/runtime/cluster`` of a server (the first one by default); retried for
+        up to 10 s while it answers 503 (a node just reconnected after a fault)."""
+        deadline = time.monotonic() + 10.0
+        while True:
+            try:
+                return (server or self.servers[0]).get_json("/api/runtime/cluster", timeout=10)  # type: ignore[no-any-return]
+            except urllib.error.HTTPError as exc:
+                if exc.code != 503 or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def wait_nodes(self, timeout_s: float = 60.0) -> dict[str, str]:
         """Wait until every running server is an alive node; return node_id -> node name."""
@@ -331,8 +341,10 @@ class UpstreamSampler:
     def __init__(self, replay: ReplayProcess) -> None:
         self.replay = replay
         self.ignored: set[int] = set()
+        self.phase = "between faults"
         self.samples = 0
         self.doubles = 0
+        self.by_phase: dict[str, int] = {}
         self.example: dict[str, list[int]] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -356,6 +368,7 @@ class UpstreamSampler:
             double = {stream: ids for stream, ids in on.items() if len(ids) > 1}
             if double:
                 self.doubles += 1
+                self.by_phase[self.phase] = self.by_phase.get(self.phase, 0) + 1
                 self.example = self.example or double
 
     def stop(self) -> None:
@@ -389,6 +402,7 @@ def _fault_cycle(cluster: Cluster, series: set[str], relays: dict[ServerProcess,
     victim = next(s for s in cluster.servers if cluster.node_of[s] == alive[victim_id])
     orphans = {sid for sid, node in owners.items() if node == victim_id}
     survivor = next(s for s in cluster.servers if s is not victim)
+    sampler.phase = kind
     if kind == "freeze":
         streams = {_stream(sid) for sid in orphans}
         sampler.ignored = {c["id"] for c in sampler.connections() if set(c["streams"]) & streams}
@@ -421,6 +435,7 @@ def _fault_cycle(cluster: Cluster, series: set[str], relays: dict[ServerProcess,
         if time.monotonic() > deadline:
             raise RuntimeError(f"{kind}: {cluster.node_of[victim]} not ready 60 s after the fault")
         time.sleep(0.2)
+    sampler.phase = "between faults"
     return {"kind": kind, "takeover_s": took, "orphans": len(orphans)}
 
 
@@ -518,6 +533,8 @@ def _faults(ctx: Context, count: int, cycles: int) -> dict[str, Any]:
         "partition_takeover_max_s": round(partition[-1], 3),
         "faults_upstream_samples": sampler.samples,
         "faults_double_upstream_samples": sampler.doubles,
+        # by the fault running when sampled (from the fault until its victim is ready again)
+        "faults_double_upstream_by_fault": sampler.by_phase,
         "faults_double_upstream_example": sampler.example,
         "faults_sockets": len(logs),
         "faults_candles_received": sum(len(log.closed_candles) for log in logs),
