@@ -262,3 +262,34 @@ def test_a_lost_control_connection_is_told_apart_from_a_failed_statement(schema)
         a._transaction("bad", lambda cur: cur.execute("SELECT 1/0"))
     assert not a.connection_lost
     a.close()
+
+
+def test_an_owner_frozen_inside_a_fenced_batch_does_not_hold_its_lease_row(schema) -> None:
+    """A fenced factor batch locks its lease row FOR SHARE (claims skip locked rows). A process
+    frozen inside one (SIGSTOP, a VM pause) kept any other node from claiming the series for as
+    long as it stayed frozen; the server now ends that transaction after a second idle."""
+    from trade_canvas.errors import Unavailable
+    from trade_canvas.storage.postgres import FENCE_IDLE_TIMEOUT_MS
+
+    dsn, name = schema
+    store = PostgresCandleStore(dsn, schema=name, pool_min_size=0, pool_max_size=2)
+    a, b = node(schema, "a"), node(schema, "b")
+    sid = SERIES[0]
+    epoch = a.tick([sid]).owned[sid]
+    frozen = psycopg.connect(dsn)  # a's batch: the fence, then nothing more
+    try:
+        store.hold_fence(frozen.cursor(), sid, (a.node.node_id, epoch))
+        a.close()  # a ticks no more either
+        start = time.monotonic()
+        while True:
+            try:  # reaping a's rows waits on the lock: b's whole tick fails meanwhile
+                if b.tick([sid]).owned.get(sid) == epoch + 1:
+                    break
+            except Unavailable:
+                pass
+            assert time.monotonic() - start < TTL + FENCE_IDLE_TIMEOUT_MS / 1000 + 1.0, \
+                "the frozen batch still holds the lease row"
+            time.sleep(TICK)
+    finally:
+        frozen.close()  # already ended by the server
+    b.close(), store.close()

@@ -59,6 +59,11 @@ RETRY_DELAYS_S: tuple[float, ...] = (0.05, 0.25, 1.0)
 # up; the next request then connects at once. The pool's default (300 s) let the backoff grow to
 # 16 s and more during an outage, so requests kept failing for ~20 s after the server was back.
 RECONNECT_TIMEOUT_S = 3.0
+# A fenced factor batch locks its lease row; a process frozen inside one (SIGSTOP, a VM pause)
+# would keep any other node from claiming the series for as long as it stays frozen. The
+# server ends such a transaction after this long without a statement (below the default
+# lease TTL of 3 s; a batch sends its statements back to back).
+FENCE_IDLE_TIMEOUT_MS = 1000
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 T = TypeVar("T")
@@ -689,10 +694,8 @@ class PostgresCandleStore:
 
         def work(conn: Conn) -> list[DrawVersion]:
             with conn.transaction(), conn.cursor() as cur:
-                if fence is not None and cur.execute(
-                        self._factor.fence, (series_id, *fence)).fetchone() is None:
-                    raise Fenced(f"the lease of {series_id} is no longer held by node "
-                                 f"{fence[0]} at epoch {fence[1]}")
+                if fence is not None:
+                    self.hold_fence(cur, series_id, fence)
                 if rows:
                     cur.executemany(self._factor.insert_event, rows)
                 cur.execute(self._factor.upsert_state, state)
@@ -711,6 +714,20 @@ class PostgresCandleStore:
             ]
 
         return self._run("save_factor_batch", work)
+
+    def hold_fence(self, cur: Any, series_id: str, fence: Fence) -> None:
+        """Start a fenced transaction: lock the series' lease row FOR SHARE if ``fence`` (node,
+        epoch) still holds it, and let the server end the transaction if this process stops
+        sending within ``FENCE_IDLE_TIMEOUT_MS`` (frozen mid-batch: SIGSTOP, a VM pause), since
+        no other node can claim the row while it is locked.
+
+        Raises:
+            Fenced: the series' lease no longer has that node and epoch.
+        """
+        cur.execute(f"SET LOCAL idle_in_transaction_session_timeout = {FENCE_IDLE_TIMEOUT_MS}")
+        if cur.execute(self._factor.fence, (series_id, *fence)).fetchone() is None:
+            raise Fenced(f"the lease of {series_id} is no longer held by node "
+                         f"{fence[0]} at epoch {fence[1]}")
 
     def read_factor_snapshot(self, series_id: str) -> FactorSnapshot | None:
         """Return the stored engine snapshot, or None before the first batch."""
