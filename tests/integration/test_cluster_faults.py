@@ -11,7 +11,8 @@ The checks hold across all of it: every WebSocket subscriber (one per series on 
 the killed node's ones reconnect elsewhere with ``since``) saw every closed candle once, in
 order, without a hole; the store equals the exchange; and the replay exchange, sampled every
 100 ms, never had one stream on two upstream connections (a frozen process's connections are
-left out while it is frozen: it cannot unsubscribe, and it receives nothing). Lease timings
+left out while it is frozen, and after SIGCONT until its feeds have stopped: it can neither
+unsubscribe nor receive while stopped). Lease timings
 are short (tick 0.25 s, TTL 1.25 s) to keep the test fast.
 """
 
@@ -330,9 +331,12 @@ def run_faults(fleet: Fleet, exchange, throwaway_pg: ThrowawayPostgres) -> None:
         time.sleep(max(0.0, TTL_S + 0.5 - (time.monotonic() - frozen_at)))
     finally:
         os.killpg(victim.proc.pid, signal.SIGCONT)
-    sampler.ignored = set()  # awake: from now on its connections count
+    # Woken, it still holds what it held when stopped until its watchdog fences it and the
+    # UNSUBSCRIBE goes out (~0.1 s; the exchange cannot tell a frozen client): its connections
+    # count again once its feeds of the lost series have stopped.
     wait_for(lambda: (lambda feeds: feeds is not None and not set(feeds) & set(lost))(
         fleet.feeds(victim)), 5, "the woken owner's feeds stop")
+    sampler.ignored = set()
     this = http(victim, "GET", "/api/runtime/cluster")[1]["this_node"]
     assert this["fenced_at"] is not None, this
     assert took["freeze"] <= TAKEOVER_BOUND_S, took
