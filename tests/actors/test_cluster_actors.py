@@ -106,3 +106,74 @@ def test_an_asked_series_is_handed_over_only_once_its_stream_is_gone_here() -> N
     actor.on_receive(Tick(1.0))
     assert leases.handed[-1] == ("S1",)
     assert supervisor.told == [LeasesChanged({"S2": 1})]  # nothing else changed here
+
+
+def test_a_stale_removal_keeps_the_new_feed_and_a_fence_drops_everything() -> None:
+    from trade_canvas.actors.messages import DropAllStreams
+
+    upstream: dict[str, frozenset[str]] = {}
+    actor = StreamConnections("spot", "ws://127.0.0.1:9", link("streams:spot"),
+                              streams_per_connection=10, silence_timeout_s=3600,
+                              upstream=upstream)
+    old, new = Recorder(), Recorder()
+    actor.on_receive(AddStream(A, old))
+    actor.on_receive(RemoveStream(A, old))
+    actor.on_receive(AddStream(A, new))  # a feed started again for the same series
+    actor.on_receive(RemoveStream(A, old))  # the old feed's removal, arriving late
+    assert actor.routes[A] is new and upstream["spot"] == {A}
+    actor.on_receive(AddStream(B, new))
+    actor.on_receive(DropAllStreams())  # fenced: nothing upstream, whatever the feeds do
+    assert upstream["spot"] == frozenset() and actor.routes == {} and actor.connections == {}
+
+
+def test_supervisor_unroutes_stopped_feeds_and_stops_stuck_children_together() -> None:
+    """A fence with feeds stuck on the store (a partition) took one stop wait per feed."""
+    import threading
+    import time
+
+    import pykka
+
+    from trade_canvas.actors import supervisor as supervisor_module
+    from trade_canvas.actors.messages import AcquireFeed
+    from trade_canvas.actors.plumbing import StatusBoard
+    from trade_canvas.actors.supervisor import Supervisor
+    from trade_canvas.feed_demand import FeedDemand
+    from trade_canvas.series import parse_series_id
+
+    release = threading.Event()
+
+    class Stuck(pykka.ThreadingActor):
+        def __init__(self, link: ChildLink) -> None:
+            super().__init__()
+            self.link = link
+
+        def on_start(self) -> None:
+            self.link.started()
+
+        def on_receive(self, message: Any) -> Any:
+            release.wait(10)  # a store call that does not come back
+
+    unrouted: list[str] = []
+    supervisor_module.STOP_WAIT_S, saved = 1.0, supervisor_module.STOP_WAIT_S
+    ref = Supervisor.start(lambda series, group: {}, StatusBoard(), cluster=True,
+                           feed_blueprint=lambda series, group, job: Stuck.start,
+                           unroute=lambda series, feed: unrouted.append(series.text),
+                           demand=FeedDemand(0))
+    try:
+        ids = [parse_series_id(f"binance:spot:S{i}/USDT:1m") for i in range(4)]
+        ref.ask(LeasesChanged({s.text: 1 for s in ids}), timeout=5)
+        for series in ids:
+            ref.ask(AcquireFeed(series), timeout=5)
+        groups = ref.proxy().groups.get(timeout=5)
+        for series in ids:
+            groups[series.text].children["feed"].ref.tell("work")  # each one gets stuck
+        started = time.monotonic()
+        ref.ask(LeasesChanged({}), timeout=10)  # fenced
+        took = time.monotonic() - started
+        assert sorted(unrouted) == sorted(s.text for s in ids)
+        assert all("feed" not in groups[s.text].children for s in ids)
+        assert took < 3.0, took  # one shared wait of STOP_WAIT_S (1 s), not four in a row
+    finally:
+        release.set()
+        supervisor_module.STOP_WAIT_S = saved
+        ref.stop()

@@ -293,3 +293,42 @@ def test_an_owner_frozen_inside_a_fenced_batch_does_not_hold_its_lease_row(schem
     finally:
         frozen.close()  # already ended by the server
     b.close(), store.close()
+
+
+DEADLINE_SCRIPT = """
+from gevent import monkey; monkey.patch_all()
+import sys, time
+import psycopg
+from tests.fakes.tcp_relay import TcpRelay
+from trade_canvas.storage.postgres import DeadlineExceeded, deadline
+host, port = sys.argv[1], int(sys.argv[2])
+relay = TcpRelay(host, port)
+conn = psycopg.connect(sys.argv[3].replace(f":{port}/", f":{relay.port}/"), autocommit=True)
+conn.execute("SELECT 1")
+relay.blackhole()  # nothing closed, nothing answered: no TCP timeout can fire
+started = time.monotonic()
+try:
+    with deadline(0.5), conn.transaction():
+        conn.execute("SELECT 2")
+except DeadlineExceeded:
+    print(f"cut after {time.monotonic() - started:.2f}")
+"""
+
+
+def test_a_control_transaction_behind_a_blackhole_is_cut_by_its_deadline() -> None:
+    """Under gevent a query on a connection that nobody answers waited forever."""
+    import subprocess
+    import sys
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    from tests.fakes.replay import ROOT
+
+    dsn = reachable_dsn()
+    target = conninfo_to_dict(dsn)
+    host, port = str(target.get("host", "127.0.0.1")), str(target.get("port", 5432))
+    if f":{port}/" not in dsn:
+        pytest.fail(f"this test expects a URL DSN with an explicit port, got {dsn!r}")
+    out = subprocess.run([sys.executable, "-c", DEADLINE_SCRIPT, host, port, dsn], cwd=ROOT,
+                         capture_output=True, text=True, timeout=30)
+    assert out.stdout.startswith("cut after 0."), out.stdout + out.stderr

@@ -72,6 +72,7 @@ class LeaseActor(pykka.ThreadingActor):
         link: ChildLink,
         clock: Callable[[], float] = time.monotonic,
         still_upstream: Callable[[str], bool] = lambda series_id: False,
+        drop_streams: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__()
         # Whether this process still holds the series' stream upstream: an asked series is
@@ -79,6 +80,7 @@ class LeaseActor(pykka.ThreadingActor):
         # ever on two upstream connections (stream actors unsubscribe on their own tick and
         # rate limit).
         self.still_upstream = still_upstream
+        self.drop_streams = drop_streams  # on fencing: every upstream stream, at once
         self.leases = leases
         self.keeper = keeper
         self.link = link
@@ -170,17 +172,24 @@ class LeaseActor(pykka.ThreadingActor):
         """Drop all ownership when the renewal deadline passed (once per lapse)."""
         if not self.keeper.fence_due(self.clock()):
             return self.keeper.fenced
-        fence(self.link.supervisor, self.leases.node.name)
+        fence(self.link.supervisor, self.leases.node.name, self.drop_streams)
         self.told = {}
         self.owned = {}
         self.handing = ()
         return True
 
 
-def fence(supervisor: pykka.ActorRef[Any] | None, name: str) -> None:
-    """Stop every feed of this process: its leases may be claimed by others from now on."""
+def fence(supervisor: pykka.ActorRef[Any] | None, name: str,
+          drop_streams: Callable[[], None] = lambda: None) -> None:
+    """Stop every feed of this process: its leases may be claimed by others from now on.
+
+    The upstream streams are dropped first and directly (``drop_streams``): the supervisor and
+    the feeds may be waiting on the very Postgres this process lost, and another process may
+    subscribe the same streams as soon as the leases expire.
+    """
     logger.error("cluster node %s fenced itself: no lease renewal committed in time; its feeds "
                  "stop until a renewal commits", name)
+    drop_streams()
     tell(supervisor, LeasesChanged({}))
 
 

@@ -31,6 +31,7 @@ from trade_canvas.actors.messages import (
     AddStream,
     ConnectionLost,
     ConnectionOpened,
+    DropAllStreams,
     KlineReceived,
     RemoveStream,
     StreamResumed,
@@ -172,7 +173,10 @@ class StreamConnections(pykka.ThreadingActor):
             case AddStream():
                 self._add(message.stream, message.feed)
             case RemoveStream():
-                self._remove(message.stream)
+                if message.feed is None or self.routes.get(message.stream) in (None, message.feed):
+                    self._remove(message.stream)
+            case DropAllStreams():
+                self._drop_all()
             case ConnectionOpened():
                 self._opened(message)
             case ConnectionLost():
@@ -211,6 +215,16 @@ class StreamConnections(pykka.ThreadingActor):
             self._connect(conn)
             return
         conn.wanted.add(stream)
+
+    def _drop_all(self) -> None:
+        if self.connections:
+            logger.warning("%s: every upstream stream dropped (%d connections): this process "
+                           "fenced itself", self.market, len(self.connections))
+        for conn in self.connections.values():
+            conn.state = "closed"
+            _close(conn.ws)
+        self.connections.clear()
+        self.routes.clear()
 
     def _remove(self, stream: str) -> None:
         self.routes.pop(stream, None)

@@ -109,7 +109,7 @@ class FeedActor(pykka.ThreadingActor):
         self.link.started()
 
     def on_stop(self) -> None:
-        tell(self.streams(), RemoveStream(self.stream))
+        tell(self.streams(), RemoveStream(self.stream, self.actor_ref))
 
     on_failure = report_failure
 

@@ -192,9 +192,23 @@ class AddStream:
 
 @dataclass(frozen=True, slots=True)
 class RemoveStream:
-    """Stop routing and unsubscribe an exchange stream."""
+    """Stop routing and unsubscribe an exchange stream.
+
+    With ``feed``, only while the stream still routes to that feed: a stopped feed's late
+    removal never takes the stream from the feed started after it.
+    """
 
     stream: str
+    feed: ActorRef | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DropAllStreams:
+    """Cluster mode, on fencing: close every upstream connection of the market at once.
+
+    Told straight to the stream actors, not through the supervisor and the feeds, which may be
+    waiting on the Postgres the process lost; the feeds' later removals are no-ops.
+    """
 
 
 @dataclass(frozen=True, slots=True)

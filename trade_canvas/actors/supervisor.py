@@ -43,6 +43,7 @@ from trade_canvas.series import SeriesId, parse_series_id
 logger = logging.getLogger(__name__)
 
 REAP_PER_TICK = 50  # idle groups stopped per tick: stopping blocks the supervisor briefly
+STOP_WAIT_S = 5.0  # how long stopping children may hold the supervisor
 
 
 class SeriesGroup:
@@ -82,6 +83,7 @@ class Supervisor(pykka.ThreadingActor):
         globals_group: SeriesGroup | None = None,
         feed_blueprint: FeedBlueprint | None = None,
         factor_blueprint: FactorBlueprint | None = None,
+        unroute: Callable[[SeriesId, pykka.ActorRef[Any]], None] | None = None,
         demand: Demand | None = None,
         idle_ttl_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
@@ -109,6 +111,7 @@ class Supervisor(pykka.ThreadingActor):
         self.globals = globals_group if globals_group is not None else SeriesGroup(None)
         self.feed_blueprint = feed_blueprint
         self.factor_blueprint = factor_blueprint
+        self.unroute = unroute  # drops a stopped feed's upstream stream (see _stop_feeds)
         # Per process (FeedDemand) or, in cluster mode, for the whole cluster (ClusterFeedDemand).
         self.demand: Demand = demand if demand is not None else FeedDemand(0)
         self.idle_ttl_s = idle_ttl_s
@@ -190,18 +193,34 @@ class Supervisor(pykka.ThreadingActor):
         self._start_child(record)
 
     def _remove_child(self, group: SeriesGroup, kind: str) -> None:
-        record = group.children.pop(kind, None)
-        if record is None:
-            return
-        if record.ref is not None and record.ref.is_alive():
-            # Blocking here is safe: children never ask the supervisor anything.
+        self._remove_children([(group, kind)])
+
+    def _remove_children(self, which: list[tuple[SeriesGroup, str]]) -> None:
+        """Stop children all at once and wait for them together (at most STOP_WAIT_S).
+
+        Waiting here is safe (children never ask the supervisor anything), but a child can be
+        stuck in a call that will not return soon (a store write behind a partition): stopping
+        them one after the other would hold the supervisor for STOP_WAIT_S per stuck child.
+        """
+        stopping = []
+        for group, kind in which:
+            record = group.children.pop(kind, None)
+            if record is None:
+                continue
+            if record.ref is not None and record.ref.is_alive():
+                stopping.append((record, record.ref.stop(block=False)))
+            record.ref = None
+            record.move(ChildState.STOPPED)
+            self.board.remove(record)
+        deadline = self.clock() + STOP_WAIT_S
+        for record, future in stopping:
             try:
-                record.ref.stop(block=True, timeout=5)
+                future.get(timeout=max(0.0, deadline - self.clock()))
             except pykka.Timeout:
-                logger.error("actor %s for %s did not stop within 5s", kind, record.series_id)
-        record.ref = None
-        record.move(ChildState.STOPPED)
-        self.board.remove(record)
+                logger.error("actor %s for %s did not stop within %gs", record.kind,
+                             record.series_id, STOP_WAIT_S)
+            except pykka.ActorDeadError:
+                pass
 
     def _acquire(self, series: SeriesId) -> bool:
         # Both limits are checked before anything starts: a refused subscribe creates nothing.
@@ -233,15 +252,20 @@ class Supervisor(pykka.ThreadingActor):
         if self.owned is None:
             return
         self.owned = dict(owned)
-        for series_id, group in list(self.groups.items()):
-            if "feed" in group.children and series_id not in owned:
-                self._stop_feed(series_id, "this process no longer holds the series' lease")
-            if "factor" in group.children and self.factor_epochs.get(series_id) != owned.get(
-                    series_id):
-                # Lost, or lost and claimed again meanwhile: the ledger may have moved on.
-                self._remove_child(group, "factor")
-                self.factor_epochs.pop(series_id, None)
-                logger.info("factor actor of %s stopped: the series' lease moved", series_id)
+        lost = [sid for sid, group in self.groups.items()
+                if "feed" in group.children and sid not in owned]
+        moved = [sid for sid, group in self.groups.items() if "factor" in group.children
+                 and self.factor_epochs.get(sid) != owned.get(sid)]
+        # Lost, or lost and claimed again meanwhile (the ledger may have moved on): stopped
+        # together, so a fence with hundreds of series takes one stop wait, not one each.
+        self._stop_feeds(lost, "this process no longer holds the series' lease",
+                         also=[(self.groups[sid], "factor") for sid in moved])
+        for series_id in moved:
+            self.factor_epochs.pop(series_id, None)
+        if moved:
+            logger.info("factor actors stopped, their series' leases moved: %s",
+                        ", ".join(moved[:10]) + (" ..." if len(moved) > 10 else ""))
+        for group in list(self.groups.values()):
             self._start_factor(group)
         for series_id in sorted(owned):
             job = self.demand.jobs.get(series_id)
@@ -277,9 +301,25 @@ class Supervisor(pykka.ThreadingActor):
         logger.info("feed of %s started (%s)", job.series_id, "pinned" if job.pinned else "on demand")
 
     def _stop_feed(self, series_id: str, why: str) -> None:
-        group = self.groups.get(series_id)
-        if group is not None and "feed" in group.children:
-            self._remove_child(group, "feed")
+        self._stop_feeds([series_id], why)
+
+    def _stop_feeds(self, series_ids: list[str], why: str,
+                    also: list[tuple[SeriesGroup, str]] | None = None) -> None:
+        which = list(also or [])
+        stopped = []
+        for series_id in series_ids:
+            group = self.groups.get(series_id)
+            record = group.children.get("feed") if group is not None else None
+            if group is None or record is None:
+                continue
+            if self.unroute is not None and group.series is not None and record.ref is not None:
+                # Its stream leaves the upstream connection now, even if the feed actor is
+                # stuck and runs its own removal only much later.
+                self.unroute(group.series, record.ref)
+            which.append((group, "feed"))
+            stopped.append(series_id)
+        self._remove_children(which)
+        for series_id in stopped:
             logger.info("feed of %s stopped: %s", series_id, why)
 
     def _start_child(self, record: ChildRecord) -> None:

@@ -23,8 +23,8 @@ from trade_canvas.actors.connection import StreamConnections
 from trade_canvas.actors.factor import FactorActor, factor_options
 from trade_canvas.actors.feed import FeedActor
 from trade_canvas.actors.hub import HubState, SubscriberHub
-from trade_canvas.actors.messages import PinFeed, StartGlobal, Tick
-from trade_canvas.actors.plumbing import StatusBoard
+from trade_canvas.actors.messages import PinFeed, RemoveStream, StartGlobal, Tick
+from trade_canvas.actors.plumbing import StatusBoard, tell
 from trade_canvas.actors.store import StoreActor
 from trade_canvas.actors.supervisor import SeriesGroup, Supervisor
 from trade_canvas.binance_rest import BinanceRest
@@ -37,7 +37,7 @@ from trade_canvas.config import (
     session_dsn,
     unknown_names,
 )
-from trade_canvas.errors import ConfigError, TradeCanvasError, Unavailable
+from trade_canvas.errors import ConfigError, InvalidInput, TradeCanvasError, Unavailable
 from trade_canvas.exchanges import binance
 from trade_canvas.feed_demand import Demand, FeedDemand, FeedJob
 from trade_canvas.runtime.backtest import start_backtests
@@ -135,6 +135,19 @@ def make_feed_blueprint(
     return feed
 
 
+def make_unroute(globals_group: SeriesGroup) -> Callable[[SeriesId, Any], None]:
+    """Return how the supervisor takes a stopped feed's stream off the upstream connection."""
+
+    def unroute(series: SeriesId, feed: Any) -> None:
+        try:
+            stream = binance.series_stream(series)
+        except InvalidInput:
+            return
+        tell(globals_group.ref(f"streams:{series.market}"), RemoveStream(stream, feed))
+
+    return unroute
+
+
 def release_freed_memory() -> None:
     """Hand memory freed by stopped series groups back to the OS.
 
@@ -230,6 +243,7 @@ def _start_supervisor(
         feed_blueprint=make_feed_blueprint(settings, store, rest, globals_group),
         factor_blueprint=(make_factor_blueprint(settings, store, cluster.node.node_id)
                           if cluster is not None else None),
+        unroute=make_unroute(globals_group),
         demand=make_demand(settings, cluster),
         idle_ttl_s=settings.ondemand_idle_ttl_s,
         cluster=cluster is not None,

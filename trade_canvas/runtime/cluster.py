@@ -23,6 +23,7 @@ from trade_canvas.actors.messages import (
     Broadcast,
     CheckHeads,
     DrawChanged,
+    DropAllStreams,
     HintReceived,
     ListenerConnected,
     PublishForming,
@@ -69,6 +70,7 @@ class Cluster:
     listener: Listener | None = None
     globals_group: Any = None  # the supervisor's process-wide actors, once started
     stopping: threading.Event = field(default_factory=threading.Event)
+    drop_streams: Callable[[], None] = lambda: None  # set by start_cluster
 
     def committed(self, series_id: str, seq: int | None, candles: tuple[Candle, ...],
                   publish: bool) -> None:
@@ -225,8 +227,14 @@ def start_cluster(
             return False  # no live feed for such a series, so no stream to wait for
         return stream in held.get(series.market, frozenset())
 
+    def drop_streams() -> None:
+        for market in binance.MARKETS:
+            tell(globals_group.ref(f"streams:{market}"), DropAllStreams())
+
+    cluster.drop_streams = drop_streams
     supervisor.tell(StartGlobal("leases", lambda link: LeaseActor.start(
-        leases, cluster.keeper, link, still_upstream=still_upstream)))
+        leases, cluster.keeper, link, still_upstream=still_upstream,
+        drop_streams=drop_streams)))
 
     def claim_now() -> None:
         tell(globals_group.ref("leases"), Tick(time.monotonic()))
@@ -268,7 +276,7 @@ def _start_watchdog(cluster: Cluster, supervisor: pykka.ActorRef[Any], globals_g
         while not cluster.stopping.wait(step):
             now = time.monotonic()
             if cluster.keeper.fence_due(now):
-                fence(supervisor, cluster.node.name)
+                fence(supervisor, cluster.node.name, cluster.drop_streams)
             if now >= next_tick:
                 next_tick = now + settings.cluster_tick_s
                 tell(globals_group.ref("leases"), Tick(now))

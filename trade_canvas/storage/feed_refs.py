@@ -57,8 +57,8 @@ from psycopg import sql
 
 from trade_canvas.errors import CapacityExceeded, Unavailable
 from trade_canvas.feed_demand import Acquired, FeedJob
-from trade_canvas.storage.leases import Node, control_connection
-from trade_canvas.storage.postgres import close_quietly, redact_dsn
+from trade_canvas.storage.leases import Node, control_connection, control_deadline_s
+from trade_canvas.storage.postgres import close_quietly, deadline, redact_dsn
 
 logger = logging.getLogger(__name__)
 
@@ -389,7 +389,7 @@ class ClusterFeedDemand:
 
     def _transaction(self, what: str, work: Callable[[psycopg.Cursor[Any]], Any]) -> Any:
         try:
-            with self._lock:
+            with self._lock, deadline(control_deadline_s(self.tick_s)):
                 if self._conn is None or self._conn.closed:
                     self._conn = control_connection(
                         self.dsn, f"trade_canvas.feeds:{self.node.name}", self.tick_s,

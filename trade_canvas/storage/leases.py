@@ -29,7 +29,7 @@ from psycopg import sql
 
 from trade_canvas.cluster import Hint, claim_room, encode_hint
 from trade_canvas.errors import Unavailable
-from trade_canvas.storage.postgres import close_quietly, redact_dsn
+from trade_canvas.storage.postgres import DeadlineExceeded, close_quietly, deadline, redact_dsn
 
 logger = logging.getLogger(__name__)
 
@@ -193,6 +193,11 @@ def channel_name(schema: str) -> str:
     return f"tc_{schema}"[:63]
 
 
+def control_deadline_s(tick_s: float) -> float:
+    """Return how long a cluster control transaction may wait for Postgres before it is cut."""
+    return max(1.0, 4 * tick_s)
+
+
 def control_connection(
     dsn: str, application_name: str, tick_s: float, connect_timeout_s: float
 ) -> psycopg.Connection[Any]:
@@ -242,7 +247,7 @@ class PostgresLeases:
 
     def _transaction(self, what: str, work: Any) -> Any:
         try:
-            with self._lock:
+            with self._lock, deadline(control_deadline_s(self.tick_s)):
                 conn = self._connection()
                 with conn.transaction(), conn.cursor() as cur:
                     result = work(cur)
@@ -250,7 +255,8 @@ class PostgresLeases:
                 return result
         except psycopg.Error as exc:
             last = self._conn
-            self.connection_lost = last is None or last.closed or last.broken
+            self.connection_lost = (isinstance(exc, DeadlineExceeded) or last is None
+                                    or last.closed or last.broken)
             self.close()
             detail = " ".join(str(exc).split())
             raise Unavailable(f"cluster leases at {self._where}: {what} failed: {detail}") from None

@@ -21,13 +21,14 @@ statement).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -266,6 +267,35 @@ assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
 _URL_PREFIX = re.compile(r"^(postgres(?:ql)?://)", re.IGNORECASE)
 _KEYWORD_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'?|\S+)", re.IGNORECASE)
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
+class DeadlineExceeded(psycopg.OperationalError):
+    """A control transaction got no answer in time: the connection must be dropped."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Interrupt the calling greenlet's wait on Postgres after ``seconds`` (the gevent worker).
+
+    A partition that closes nothing and still acknowledges (or a server that stopped answering)
+    leaves a query waiting forever: no TCP timeout fires while bytes are acknowledged. Cluster
+    control transactions must end anyway, so that the process can fence itself and its
+    supervisor stays responsive. Under gevent, psycopg waits in the patched ``poll``, where a
+    ``gevent.Timeout`` interrupts it with ``DeadlineExceeded`` (an ordinary psycopg error, so
+    callers drop the connection as after any connection loss). Without gevent's patching
+    (tests of storage alone, CLI commands) nothing can interrupt a blocked socket and this does
+    nothing; ``tcp_user_timeout`` still bounds a partition that drops packets.
+    """
+    try:
+        from gevent import Timeout, monkey  # type: ignore[import-untyped]
+    except ImportError:  # pragma: no cover - gevent is a dependency of the server
+        yield
+        return
+    if not monkey.is_module_patched("select"):
+        yield
+        return
+    with Timeout(seconds, DeadlineExceeded(f"no answer from PostgreSQL within {seconds:g}s")):
+        yield
 
 
 def close_quietly(conn: psycopg.Connection[Any] | None) -> None:
@@ -818,6 +848,9 @@ def _check_arguments(schema: str, min_size: int, max_size: int, timeout_s: float
         raise ConfigError("; ".join(problems))
 
 
+POOL_TCP_USER_TIMEOUT_MS = 15_000
+
+
 def _connect_kwargs(dsn: str, connect_timeout_s: float) -> dict[str, Any]:
     try:
         params = conninfo_to_dict(dsn)
@@ -830,6 +863,11 @@ def _connect_kwargs(dsn: str, connect_timeout_s: float) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "autocommit": True,
         "connect_timeout": max(1, math.ceil(connect_timeout_s)),
+        # A server or host that vanishes without a FIN: idle connections are found dead by
+        # keepalives, and a request the network stopped carrying fails after TCP_USER_TIMEOUT
+        # instead of the kernel's ~15 minutes of retransmissions.
+        "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 2, "keepalives_count": 3,
+        "tcp_user_timeout": POOL_TCP_USER_TIMEOUT_MS,
     }
     if "application_name" not in params:
         kwargs["application_name"] = "trade_canvas"
