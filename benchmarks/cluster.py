@@ -31,10 +31,12 @@ Needs ``--store postgres``. Six scenarios:
   series); ``faults_duplicates``: candles received or stored twice or out of order.
 - **minute boundary**: on the fan-out cluster, S series (1000; 200 in --quick) with one
   subscriber each on P2 and on P3 (10 series a socket); a warm-up minute, then one closed
-  candle of every series posted to P1 at once (16 connections). ``boundary_p99_s``: from the
-  first post to the arrival on a remote socket, over all (series, remote node);
-  ``boundary_from_ack_*``: from each candle's own acknowledgement; ``boundary_write_s``: how
-  long P1 took to acknowledge them all.
+  candle of every series posted at once to the process holding the series' lease, as the
+  owners' feeds write them at a real boundary (16 connections in all, spread over the owners).
+  ``boundary_p99_s``: from the first post to the arrival on a socket of another process than
+  the writer, over all such (series, node); ``boundary_from_ack_*``: from each candle's own
+  acknowledgement; ``boundary_write_s``: how long the writers took to acknowledge them all.
+  ``boundary_p1_*``: the earlier shape, every candle posted to P1 (one process writes all).
 - **fan-out across processes**: three servers, HTTP ingest on P1 only. One series gets S
   subscribers on P1 (``local``, the baseline), a second one S subscribers split over P2 and P3
   (``remote``: every candle crosses Postgres NOTIFY), a third one S subscribers on P2 alone
@@ -592,53 +594,96 @@ def _burst(port: int, series: list[str], t: int, threads: int = 16) -> tuple[flo
     return start, acks
 
 
+def _owned_bursts(cluster: Cluster, series: list[str], t: int,
+                  writer_of: dict[str, ServerProcess]) -> tuple[float, dict[str, float]]:
+    """Post every series' candle on its writer, all writers at once (16 connections in all)."""
+    by_server: dict[ServerProcess, list[str]] = {}
+    for sid in series:
+        by_server.setdefault(writer_of[sid], []).append(sid)
+    results: list[tuple[float, dict[str, float]]] = []
+    errors: list[BaseException] = []
+    threads = max(1, 16 // len(by_server))
+
+    def run(server: ServerProcess, mine: list[str]) -> None:
+        try:
+            results.append(_burst(server.port, mine, t, threads))
+        except BaseException as exc:  # noqa: BLE001  re-raised below
+            errors.append(exc)
+
+    pool = [threading.Thread(target=run, args=item, daemon=True) for item in by_server.items()]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    if errors:
+        raise RuntimeError(f"minute boundary burst failed: {errors[0]!r}")
+    acks: dict[str, float] = {}
+    for _, part in results:
+        acks.update(part)
+    return min(start for start, _ in results), acks
+
+
 def _boundary(cluster: Cluster, series_count: int) -> dict[str, Any]:
-    """One closed candle of ``series_count`` series written at once on P1; when does each
-    reach the subscribers on P2 and P3 (one socket per 10 series)?"""
-    p1, remotes = cluster.servers[0], cluster.servers[1:3]
+    """One closed candle of ``series_count`` series written at once; when does each reach the
+    subscribers of the other processes (one socket per 10 series on every process)?"""
+    servers = cluster.servers[:3]
     series = [f"bench:spot:MB{k}/USDT:1m" for k in range(series_count)]
     t0 = aligned_past(60, 10)
     plan = [tuple(series[i:i + 10]) for i in range(0, series_count, 10)]
     groups = []
+    figures: dict[str, Any] = {"boundary_series": series_count}
     try:
-        for server in remotes:
+        for server in servers:
             groups.append(Subscribers(server.port, plan, processes=1))
-        registered = [wait_subscribed(server, set(series), series_count) for server in remotes]
-        _burst(p1.port, series, t0)  # warm-up minute: each follower's first write reads the store
+        registered = [wait_subscribed(server, set(series), series_count) for server in servers]
+        figures["boundary_subscribed"] = sum(registered)
+        everything_on_p1 = {sid: servers[0] for sid in series}
+        _burst(servers[0].port, series, t0)  # warm-up minute: each follower's first write reads
         time.sleep(4.0)
-        start, acks = _burst(p1.port, series, t0 + 60)
+        start_p1, acks_p1 = _burst(servers[0].port, series, t0 + 60)  # the earlier shape
+        time.sleep(3.0)
+        _wait_owned(cluster, set(series), 60.0)
+        alive = cluster.wait_nodes()
+        by_name = {cluster.node_of[s]: s for s in servers}
+        owners = _owners(cluster.view(), set(series))
+        writer_of = {sid: by_name[alive[node]] for sid, node in owners.items()}  # type: ignore[index]
+        start, acks = _owned_bursts(cluster, series, t0 + 120, writer_of)
         time.sleep(3.0)
         per_node = [group.stop()[0] for group in groups]
     except BaseException:
         for group in groups:
             group.kill()
         raise
-    from_start: list[float] = []
-    from_ack: list[float] = []
-    lost = 0
-    for logs in per_node:
-        arrived: dict[str, float] = {}
-        for log in logs:
-            for sid, t, received_at in log.closed_candles:
-                if t == t0 + 60:
-                    arrived.setdefault(sid, received_at)
-        lost += series_count - len(arrived)
-        for sid, at in arrived.items():
-            from_start.append(at - start)
-            from_ack.append(at - acks[sid])
-    from_start.sort()
-    from_ack.sort()
-    return {
-        "boundary_series": series_count,
-        "boundary_subscribed": sum(registered),
-        "boundary_write_s": round(max(acks.values()) - start, 3),
-        "boundary_p50_s": round(percentile(from_start, 0.5), 3),
-        "boundary_p99_s": round(percentile(from_start, 0.99), 3),
-        "boundary_max_s": round(from_start[-1], 3),
-        "boundary_from_ack_p50_ms": round(percentile(from_ack, 0.5) * 1000, 1),
-        "boundary_from_ack_p99_ms": round(percentile(from_ack, 0.99) * 1000, 1),
-        "boundary_lost": lost,
-    }
+    for label, t, begun, acked, writers in (
+            ("boundary_p1_", t0 + 60, start_p1, acks_p1, everything_on_p1),
+            ("boundary_", t0 + 120, start, acks, writer_of)):
+        from_start: list[float] = []
+        from_ack: list[float] = []
+        lost = 0
+        for server, logs in zip(servers, per_node):
+            arrived: dict[str, float] = {}
+            for log in logs:
+                for sid, candle_time, received_at in log.closed_candles:
+                    if candle_time == t:
+                        arrived.setdefault(sid, received_at)
+            others = [sid for sid in series if writers[sid] is not server]
+            lost += sum(1 for sid in others if sid not in arrived)
+            for sid in others:
+                if sid in arrived:
+                    from_start.append(arrived[sid] - begun)
+                    from_ack.append(arrived[sid] - acked[sid])
+        from_start.sort()
+        from_ack.sort()
+        figures.update({
+            f"{label}write_s": round(max(acked.values()) - begun, 3),
+            f"{label}p50_s": round(percentile(from_start, 0.5), 3),
+            f"{label}p99_s": round(percentile(from_start, 0.99), 3),
+            f"{label}max_s": round(from_start[-1], 3),
+            f"{label}from_ack_p50_ms": round(percentile(from_ack, 0.5) * 1000, 1),
+            f"{label}from_ack_p99_ms": round(percentile(from_ack, 0.99) * 1000, 1),
+            f"{label}lost": lost,
+        })
+    return figures
 
 
 # --- fan-out across processes -------------------------------------------------------------------
