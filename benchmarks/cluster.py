@@ -208,7 +208,11 @@ def _wait_owned(cluster: Cluster, series: set[str], timeout_s: float) -> dict[st
         time.sleep(0.2)
 
 
-def _takeover_cycle(cluster: Cluster, series: set[str]) -> dict[str, Any]:
+def _biggest_owner(
+    cluster: Cluster, series: set[str]
+) -> tuple[ServerProcess, str, set[str], ServerProcess, dict[str, int]]:
+    """Wait until every series has a live owner; return the node owning the most (its server,
+    node id and series), another server, and the series count per node."""
     owners = _wait_owned(cluster, series, 90.0)
     alive = cluster.wait_nodes()
     counts: dict[str, int] = {}
@@ -218,6 +222,11 @@ def _takeover_cycle(cluster: Cluster, series: set[str]) -> dict[str, Any]:
     victim = next(s for s in cluster.servers if cluster.node_of[s] == alive[victim_id])
     orphans = {sid for sid, node in owners.items() if node == victim_id}
     survivor = next(s for s in cluster.servers if s is not victim)
+    return victim, victim_id, orphans, survivor, counts
+
+
+def _takeover_cycle(cluster: Cluster, series: set[str]) -> dict[str, Any]:
+    victim, victim_id, orphans, survivor, counts = _biggest_owner(cluster, series)
     cluster.kill(victim)
     killed_at = time.monotonic()
     polls = 0
@@ -395,15 +404,7 @@ def _fault_cycle(cluster: Cluster, series: set[str], relays: dict[ServerProcess,
                  sampler: UpstreamSampler, kind: str) -> dict[str, Any]:
     """Freeze (SIGSTOP) or cut off (relay cut / blackhole) the biggest owner until its series
     moved, plus a second; then wake or reconnect it and wait until it is ready again."""
-    owners = _wait_owned(cluster, series, 90.0)
-    alive = cluster.wait_nodes()
-    counts: dict[str, int] = {}
-    for node in owners.values():
-        counts[node] = counts.get(node, 0) + 1
-    victim_id = max(counts, key=lambda n: counts[n])
-    victim = next(s for s in cluster.servers if cluster.node_of[s] == alive[victim_id])
-    orphans = {sid for sid, node in owners.items() if node == victim_id}
-    survivor = next(s for s in cluster.servers if s is not victim)
+    victim, victim_id, orphans, survivor, counts = _biggest_owner(cluster, series)
     sampler.phase = kind
     if kind == "freeze":
         streams = {_stream(sid) for sid in orphans}
