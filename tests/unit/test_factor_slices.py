@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
+from tests.unit.test_factor_engine import random_walk
 from trade_canvas.candles import Candle
-from trade_canvas.factors import FACTOR_NAMES, catalog
+from trade_canvas.factors import FACTOR_NAMES, catalog, engine
 from trade_canvas.factors.engine import FactorParams, FactorState, initial_state, step
 from trade_canvas.factors.events import FactorEvent
 from trade_canvas.factors.fingerprint import factor_sources, fingerprint
-from trade_canvas.factors.slices import build_view, empty_slices, slices_payload
+from trade_canvas.factors.slices import build_view, empty_slices, replay_anchor, slices_payload
 
 PARAMS = FactorParams(pivot_window_major=2, pivot_window_minor=1)
 SID = "binance:futures:BTC/USDT:1m"
@@ -114,3 +117,24 @@ def test_fingerprint_is_stable_and_sensitive() -> None:
     assert fingerprint(FactorParams(3, 1), "", sources) != base
     changed = dict(sources, **{next(iter(sources)): "# edited"})
     assert fingerprint(PARAMS, "", changed) != base
+
+
+@pytest.mark.parametrize("params", [FactorParams(), FactorParams(3, 1), FactorParams(2, 1)])
+def test_replay_anchor_equals_the_engine_anchor_at_every_past_time(params: FactorParams) -> None:
+    # A past read has no engine state; the ledger only records pointer changes. Replaying the
+    # silent same-pointer updates since the last switch, from the events and candles since the
+    # pointer's start (what a read fetches), gives the engine's anchor at each time.
+    for seed in range(8):
+        candles = random_walk(seed, 300)
+        state, events = engine.initial_state(params), []
+        for candle in candles:
+            state, new = engine.step(state, candle, params)
+            events += new
+            switches = [e for e in events if e.kind == "anchor.switch"]
+            if not switches:
+                continue
+            last = switches[-1].payload()
+            first = min(last["new_anchor"]["start_time"], last["switch_time"])
+            rows = [e for e in events if e.candle_time >= first]
+            since = [c for c in candles if first <= c.candle_time <= candle.candle_time]
+            assert replay_anchor(last, rows, since, candle.candle_time) == state.anchor.current

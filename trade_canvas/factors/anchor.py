@@ -99,7 +99,8 @@ def ref_from_dict(raw: Mapping[str, Any]) -> PenRef:
     )
 
 
-def _pick(best: PenRef | None, ref: PenRef, baseline: float | None) -> PenRef | None:
+def pick(best: PenRef | None, ref: PenRef, baseline: float | None) -> PenRef | None:
+    """Return the tick's best ref after ``ref`` competes (strict gate against ``baseline``)."""
     if baseline is not None and not ref.strength > baseline:
         return best
     if best is not None and not ref.strength > best.strength:
@@ -129,7 +130,7 @@ def advance(
     baseline = state.strength
     best: PenRef | None = None
     for pen in pens:
-        best = _pick(best, ref_from_pen(pen), baseline)
+        best = pick(best, ref_from_pen(pen), baseline)
     current, strength = state.current, state.strength
     events: list[FactorEvent] = []
     for entry in formed_entries:
@@ -139,7 +140,7 @@ def advance(
         current, strength = ref, ref.strength
     cand = ref_from_swing(candidate) if candidate is not None else None
     if cand is not None:
-        best = _pick(best, cand, baseline)
+        best = pick(best, cand, baseline)
     if best is not None:
         if current is None or current.start_time != best.start_time:
             events.append(switch_event(t, "strong_pen", current, best))

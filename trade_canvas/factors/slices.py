@@ -15,7 +15,9 @@ With ``state`` at ``aligned`` the heads (pen extending/candidate, alive zone, an
 come from it exactly. Without it they are recomputed from the events and candles: the pen head
 replays the window's major pivots and needs the candles since the second-last effective pivot;
 the alive zone is the latest ``zhongshu.formed`` with no matching ``zhongshu.dead``; the anchor
-is the last switch's ``new_anchor`` (silent same-pointer updates after it are not in the ledger).
+is the last switch's ``new_anchor`` plus the silent same-pointer updates after it, which the
+ledger does not record: the caller replays them (``replay_anchor``, from the events and candles
+since the anchor's start) so that a past read draws what the live overlay drew at that time.
 
 Response shape (factors with nothing to show are omitted)::
 
@@ -38,7 +40,7 @@ from typing import Any, Iterable, Sequence
 
 from trade_canvas.candles import Candle
 from trade_canvas.factors import FACTOR_NAMES
-from trade_canvas.factors.anchor import PenRef, ref_from_dict
+from trade_canvas.factors.anchor import PenRef, pick, ref_from_dict
 from trade_canvas.factors.engine import FactorState
 from trade_canvas.factors.events import FactorEvent
 from trade_canvas.factors.pen import Swing, fold_effective, pen_head, swing_head, update_swing
@@ -81,11 +83,13 @@ def _sorted(rows: list[Payload], *keys: str) -> tuple[Payload, ...]:
 
 def build_view(
     at_time: int, events: Iterable[FactorEvent], candles: Sequence[Candle],
-    state: FactorState | None = None,
+    state: FactorState | None = None, anchor: PenRef | None = None,
 ) -> FactorView:
     """Build the view at ``at_time`` from ledger rows, window candles and optionally the state.
 
-    ``state`` is used only when ``state.head_time == at_time``.
+    ``state`` is used only when ``state.head_time == at_time``. Without it, ``anchor`` is the
+    engine's anchor ref at ``at_time`` when the caller has replayed it (:func:`replay_anchor`);
+    else the anchor is the last switch's ``new_anchor`` (or the window's last confirmed pen).
     """
     buckets = _bucket(events, at_time)
     live = state if state is not None and state.head_time == at_time else None
@@ -99,12 +103,12 @@ def build_view(
     else:
         head = recompute_pen_head(majors, candles, at_time)
         alive = alive_from_events(buckets, at_time)
-        current = _ledger_anchor(switches, pens)
+        current = anchor if anchor is not None else _ledger_anchor(switches, pens)
     return FactorView(
         at_time, majors, _sorted(buckets.get("pivot.minor", []), "visible_time", "pivot_time"),
         pens, _sorted(buckets.get("zhongshu.dead", []), "visible_time", "start_time"), switches,
         head, tuple(alive), drawn_anchor(current, head),
-        _base_anchor(current if live is not None else None, switches, pens),
+        _base_anchor(current if live is not None or anchor is not None else None, switches, pens),
     )
 
 
@@ -138,6 +142,84 @@ def alive_from_events(buckets: dict[str, list[Payload]], at_time: int) -> list[P
             return []
     return [dict(zone, end_time=max(zone["end_time"], at_time), death_time=None,
                  visible_time=at_time)]
+
+
+def replay_anchor(
+    last_switch: Payload, events: Iterable[FactorEvent], candles: Sequence[Candle], at_time: int
+) -> PenRef:
+    """Return the engine's anchor ref at ``at_time``: the last switch plus its silent updates.
+
+    The ledger records a switch only when the anchor's pointer (start_time) changes; after it the
+    engine keeps updating the same pointer silently (a longer candidate, the confirmed pen, a zone
+    entry), and those updates change what the overlay draws (the current line, and which switch
+    is drawn as history). ``last_switch`` is the newest ``anchor.switch`` payload at or before
+    ``at_time``; ``events`` and ``candles`` must cover ``[pointer start, at_time]``. Every tick
+    after the switch is replayed with the anchor rule restricted to that pointer (any other
+    winner would have been a switch): confirmed pens, zone entries and the head candidate, which
+    is the swing from the second-last effective major pivot, as :func:`recompute_pen_head`.
+    """
+    current = ref_from_dict(last_switch["new_anchor"])
+    strength = current.strength
+    after = int(last_switch["switch_time"])
+    buckets = _bucket(events, at_time)
+    pens = buckets.get("pen.confirmed", [])
+    pens_at: dict[int, list[Payload]] = {}
+    for pen in pens:
+        if pen["visible_time"] > after:
+            pens_at.setdefault(pen["visible_time"], []).append(pen)
+    formed_at: dict[int, list[Payload]] = {}
+    for zone in buckets.get("zhongshu.formed", []):
+        if zone["visible_time"] > after:
+            formed_at.setdefault(zone["visible_time"], []).append(zone)
+    majors = sorted(
+        (Pivot(p["pivot_time"], p["pivot_price"], p["direction"], p["visible_time"], p["window"])
+         for p in buckets.get("pivot.major", [])),
+        key=lambda p: (p.visible_time, p.pivot_time, p.direction),
+    )
+    ordered = sorted((c for c in candles if c.candle_time <= at_time), key=lambda c: c.candle_time)
+    effective: list[Pivot] = []
+    next_major = 0
+    start: Pivot | None = None
+    swing: Swing | None = None
+    for index, candle in enumerate(ordered):
+        t = candle.candle_time
+        grew = False
+        while next_major < len(majors) and majors[next_major].visible_time <= t:
+            effective = fold_effective([*effective[-2:], majors[next_major]])[-3:]
+            next_major += 1
+            grew = True
+        if t <= after:
+            continue
+        if grew or start is None:
+            new_start = effective[-2] if len(effective) >= 2 else None
+            if new_start != start:
+                start, swing = new_start, None
+                if start is not None and start.pivot_time == current.start_time:
+                    swing = Swing(start.pivot_time, start.pivot_price,
+                                  1 if start.direction == "support" else -1)
+                    for prior in ordered[:index]:
+                        if prior.candle_time > start.pivot_time:
+                            swing = update_swing(swing, prior.candle_time, float(prior.high),
+                                                 float(prior.low))
+        if swing is not None:
+            swing = update_swing(swing, t, float(candle.high), float(candle.low))
+        baseline, best = strength, None
+        for pen in pens_at.get(t, ()):
+            best = pick(best, ref_from_dict(dict(pen, kind="confirmed")), baseline)
+        for zone in formed_at.get(t, ()):
+            entry = [p for p in pens if p["start_time"] == zone["start_time"]
+                     and p["direction"] == zone["entry_direction"]]
+            if entry and zone["start_time"] == current.start_time:
+                current = ref_from_dict(dict(max(entry, key=lambda p: p["end_time"]),
+                                             kind="confirmed"))
+                strength = current.strength
+        if swing is not None and swing.end_time is not None:
+            candidate = PenRef("candidate", swing.start_time, swing.end_time, swing.direction,
+                               swing.start_price, swing.end_price)
+            best = pick(best, candidate, baseline)
+        if best is not None and best.start_time == current.start_time:
+            current, strength = best, best.strength
+    return current
 
 
 def _ledger_anchor(switches: Sequence[Payload], pens: Sequence[Payload]) -> PenRef | None:

@@ -6,7 +6,9 @@ behind the candle that a request resolves to, the answer is 409 ``ledger_out_of_
 same transaction as the factor snapshot, so the overlay head always equals the factor head.
 
 ``at_time`` resolves to the newest stored candle at or before it within the requested window;
-a series with no candle in ``[at_time - window, at_time]`` answers the empty body.
+a series with no candle in ``[at_time - window, at_time]`` answers the empty body. A read
+behind the head has no engine state: the anchor is replayed from its last switch (the ledger
+records pointer changes only), so a past read equals what the live overlay drew at that time.
 """
 
 from __future__ import annotations
@@ -16,8 +18,12 @@ from typing import Any, Sequence
 from trade_canvas.candles import Candle
 from trade_canvas.errors import Conflict, InvalidInput
 from trade_canvas.factors import draw, engine
+from trade_canvas.factors.anchor import PenRef
 from trade_canvas.factors.engine import FactorState
-from trade_canvas.factors.slices import FactorView, build_view, empty_slices, slices_payload
+from trade_canvas.factors.events import FactorEvent
+from trade_canvas.factors.slices import (
+    FactorView, build_view, empty_slices, replay_anchor, slices_payload,
+)
 from trade_canvas.series import SeriesId
 from trade_canvas.storage import CandleStore
 
@@ -114,7 +120,26 @@ def _view(
     formed = store.read_latest_factor_event(sid, "zhongshu", "zhongshu.formed", at)
     if formed is not None and formed.candle_time < start:
         rows.insert(0, formed)
-    return build_view(at, rows, candles, _state_at(store, sid, at) if head == at else None)
+    state = _state_at(store, sid, at) if head == at else None
+    anchor = None if state is not None else _anchor_at(store, sid, at, start, rows, candles)
+    return build_view(at, rows, candles, state, anchor)
+
+
+def _anchor_at(
+    store: CandleStore, sid: str, at: int, start: int,
+    rows: Sequence[FactorEvent], candles: Sequence[Candle],
+) -> PenRef | None:
+    # A past read has no engine state: replay the anchor's silent updates since its last switch
+    # (the switch and the pointer's pen may lie before the window: read from there).
+    switch = store.read_latest_factor_event(sid, "anchor", "anchor.switch", at)
+    if switch is None:
+        return None
+    payload = switch.payload()
+    first = min(int(payload["new_anchor"]["start_time"]), switch.candle_time)
+    if first < start:
+        rows = store.read_factor_events(sid, first, start - 1) + list(rows)
+        candles = store.read_range(sid, first, start - 1) + list(candles)
+    return replay_anchor(payload, rows, candles, at)
 
 
 def _state_at(store: CandleStore, sid: str, at: int) -> FactorState | None:
