@@ -63,6 +63,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from typing import Any
 
 import orjson
@@ -74,7 +75,10 @@ from benchmarks.fanout import _drive, _score, _wait_green
 from benchmarks.processes import Context, ReplayProcess, ServerProcess
 from benchmarks.realdata import real_candles
 from benchmarks.subscribers import Subscribers, wait_subscribed
+from tests.fakes.replay import UpstreamSampler
 from tests.fakes.tcp_relay import TcpRelay
+from trade_canvas.exchanges import binance
+from trade_canvas.series import parse_series_id
 
 TARGETS = [
     ("takeover_p50_s", "<=", 1.5),
@@ -273,19 +277,27 @@ def _stored_vs_exchange(server: ServerProcess, replay: ReplayProcess, series_id:
             "mismatched": mismatched}
 
 
+def _followed(ctx: Context, replay: ReplayProcess, name: str,
+              count: int) -> tuple[list[str], dict[str, str]]:
+    """Return ``count`` spot 1m series of the replay exchange, and the server settings that
+    follow them as a whitelist."""
+    series = [sid for sid in feeds.series_ids(replay, count * 2) if sid.endswith(":1m")
+              and ":spot:" in sid][:count]
+    whitelist = ctx.workdir / f"{name}-whitelist.json"
+    whitelist.parent.mkdir(parents=True, exist_ok=True)
+    whitelist.write_text(orjson.dumps({"series_ids": series}).decode())
+    env = {**replay.env(), "TRADE_CANVAS_ENABLE_WHITELIST_INGEST": "1",
+           "TRADE_CANVAS_WHITELIST_PATH": str(whitelist),
+           "TRADE_CANVAS_MARKET_AUTO_TAIL_BACKFILL_MAX_CANDLES": "100",
+           "TRADE_CANVAS_POSTGRES_POOL_MAX_SIZE": "4"}
+    return series, env
+
+
 def _takeover(ctx: Context, count: int, cycles: int, checked: int) -> dict[str, Any]:
     replay = ReplayProcess(ctx.workdir / "replay", "--speed", str(REPLAY_SPEED),
                            "--synthesize-listed")
     try:
-        series = [sid for sid in feeds.series_ids(replay, count * 2) if sid.endswith(":1m")
-                  and ":spot:" in sid][:count]
-        whitelist = ctx.workdir / "takeover-whitelist.json"
-        whitelist.parent.mkdir(parents=True, exist_ok=True)
-        whitelist.write_text(orjson.dumps({"series_ids": series}).decode())
-        env = {**replay.env(), "TRADE_CANVAS_ENABLE_WHITELIST_INGEST": "1",
-               "TRADE_CANVAS_WHITELIST_PATH": str(whitelist),
-               "TRADE_CANVAS_MARKET_AUTO_TAIL_BACKFILL_MAX_CANDLES": "100",
-               "TRADE_CANVAS_POSTGRES_POOL_MAX_SIZE": "4"}
+        series, env = _followed(ctx, replay, "takeover", count)
         cluster = Cluster(ctx, "takeover", env)
         try:
             for _ in range(3):
@@ -344,54 +356,6 @@ def _takeover_figures(results: list[dict[str, Any]], checks: dict[str, int], cou
 # --- freeze and partition ---------------------------------------------------------------------
 
 
-class UpstreamSampler:
-    """Samples the replay exchange's connections every 100 ms and counts the samples with one
-    stream on two upstream connections. ``ignored``: connections of a frozen process (it can
-    neither unsubscribe nor receive while stopped), left out until it is woken."""
-
-    def __init__(self, replay: ReplayProcess) -> None:
-        self.replay = replay
-        self.ignored: set[int] = set()
-        self.phase = "between faults"
-        self.samples = 0
-        self.doubles = 0
-        self.by_phase: dict[str, int] = {}
-        self.example: dict[str, list[int]] | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def connections(self) -> list[dict[str, Any]]:
-        return self.replay.get_json("/_replay/state")["connections"]  # type: ignore[no-any-return]
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            try:
-                connections = self.connections()
-            except OSError:
-                continue
-            on: dict[str, list[int]] = {}
-            for conn in connections:
-                if conn["id"] not in self.ignored:
-                    for stream in conn["streams"]:
-                        on.setdefault(f"{conn['market']}/{stream}", []).append(conn["id"])
-            self.samples += 1
-            double = {stream: ids for stream, ids in on.items() if len(ids) > 1}
-            if double:
-                self.doubles += 1
-                self.by_phase[self.phase] = self.by_phase.get(self.phase, 0) + 1
-                self.example = self.example or double
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-
-def _stream(series_id: str) -> str:
-    symbol, timeframe = series_id.split(":")[2:4]
-    return f"{symbol.replace('/', '').lower()}@kline_{timeframe}"
-
-
 def _ready(server: ServerProcess) -> bool:
     try:
         with urllib.request.urlopen(server.base + "/api/ready", timeout=1) as resp:
@@ -407,7 +371,7 @@ def _fault_cycle(cluster: Cluster, series: set[str], relays: dict[ServerProcess,
     victim, victim_id, orphans, survivor, counts = _biggest_owner(cluster, series)
     sampler.phase = kind
     if kind == "freeze":
-        streams = {_stream(sid) for sid in orphans}
+        streams = {binance.series_stream(parse_series_id(sid)) for sid in orphans}
         sampler.ignored = {c["id"] for c in sampler.connections() if set(c["streams"]) & streams}
         os.killpg(victim.proc.pid, signal.SIGSTOP)
     elif kind == "cut":
@@ -479,19 +443,12 @@ def _faults(ctx: Context, count: int, cycles: int) -> dict[str, Any]:
                            "--synthesize-listed")
     relays: dict[ServerProcess, TcpRelay] = {}
     try:
-        series = [sid for sid in feeds.series_ids(replay, count * 2) if sid.endswith(":1m")
-                  and ":spot:" in sid][:count]
-        whitelist = ctx.workdir / "faults-whitelist.json"
-        whitelist.parent.mkdir(parents=True, exist_ok=True)
-        whitelist.write_text(orjson.dumps({"series_ids": series}).decode())
-        env = {**replay.env(), "TRADE_CANVAS_ENABLE_WHITELIST_INGEST": "1",
-               "TRADE_CANVAS_WHITELIST_PATH": str(whitelist),
-               "TRADE_CANVAS_MARKET_AUTO_TAIL_BACKFILL_MAX_CANDLES": "100",
-               "TRADE_CANVAS_POSTGRES_POOL_MAX_SIZE": "4",
-               "TRADE_CANVAS_POSTGRES_CONNECT_TIMEOUT_S": "1"}
+        series, env = _followed(ctx, replay, "faults", count)
+        env["TRADE_CANVAS_POSTGRES_CONNECT_TIMEOUT_S"] = "1"
         cluster = Cluster(ctx, "faults", env)
         groups: list[Subscribers] = []
-        sampler = UpstreamSampler(replay)
+        sampler = UpstreamSampler(lambda: replay.get_json("/_replay/state"))
+        sampler.phase = "between faults"
         try:
             for _ in range(3):
                 relay = TcpRelay(host, port)
@@ -535,10 +492,10 @@ def _faults(ctx: Context, count: int, cycles: int) -> dict[str, Any]:
                                              if r["kind"] == kind] for kind in ("cut", "blackhole")},
         "partition_takeover_max_s": round(partition[-1], 3),
         "faults_upstream_samples": sampler.samples,
-        "faults_double_upstream_samples": sampler.doubles,
+        "faults_double_upstream_samples": len(sampler.doubles),
         # by the fault running when sampled (from the fault until its victim is ready again)
-        "faults_double_upstream_by_fault": sampler.by_phase,
-        "faults_double_upstream_example": sampler.example,
+        "faults_double_upstream_by_fault": dict(Counter(phase for phase, _ in sampler.doubles)),
+        "faults_double_upstream_example": sampler.doubles[0][1] if sampler.doubles else None,
         "faults_sockets": len(logs),
         "faults_candles_received": sum(len(log.closed_candles) for log in logs),
         "faults_missing": sockets["missing"] + checks["missing"],

@@ -8,11 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,3 +72,45 @@ class ReplayExchange:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self._log.close()
+
+
+class UpstreamSampler:
+    """Samples the replay exchange's connections every 100 ms from a thread; each sample with a
+    stream held by two upstream connections is kept in ``doubles`` as ``(phase, stream -> ids)``.
+
+    ``state`` returns ``/_replay/state``; connections whose id is in ``ignored`` are left out (a
+    frozen client's, which the exchange cannot tell from a live one); ``phase`` labels samples.
+    """
+
+    def __init__(self, state: Callable[[], dict[str, Any]]) -> None:
+        self.state = state
+        self.ignored: set[int] = set()
+        self.phase = ""
+        self.samples = 0
+        self.doubles: list[tuple[str, dict[str, list[int]]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def connections(self) -> list[dict[str, Any]]:
+        return self.state()["connections"]  # type: ignore[no-any-return]
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            try:
+                connections = self.connections()
+            except OSError:
+                continue
+            on: dict[str, list[int]] = {}
+            for conn in connections:
+                if conn["id"] not in self.ignored:
+                    for stream in conn["streams"]:
+                        on.setdefault(f"{conn['market']}/{stream}", []).append(conn["id"])
+            self.samples += 1
+            double = {stream: ids for stream, ids in on.items() if len(ids) > 1}
+            if double:
+                self.doubles.append((self.phase, double))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)

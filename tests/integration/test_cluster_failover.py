@@ -18,6 +18,7 @@ from collections import Counter, defaultdict
 import pytest
 import websocket
 
+from tests.fakes.replay import UpstreamSampler
 from tests.integration.test_cluster import cluster_env, wait_for  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
@@ -68,32 +69,6 @@ class Subscriber:
         self.ws.close()
 
 
-class UpstreamSampler:
-    """Polls the replay exchange's connections; counts streams held by two connections."""
-
-    def __init__(self, exchange) -> None:
-        self.exchange = exchange
-        self.samples = 0
-        self.doubled: list[tuple[str, int]] = []
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stopping.wait(0.1):
-            try:
-                state = self.exchange.get("/_replay/state")
-            except Exception:
-                continue
-            held = Counter((c["market"], s) for c in state["connections"] for s in c["streams"])
-            self.samples += 1
-            self.doubled += [(stream, n) for (_, stream), n in held.items() if n > 1]
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.thread.join(5)
-
-
 def spot_series(exchange, count: int) -> list[str]:
     info = exchange.get("/spot/api/v3/exchangeInfo")
     names = sorted(f"{s['baseAsset']}/{s['quoteAsset']}" for s in info["symbols"]
@@ -118,7 +93,7 @@ def test_kill_9_of_the_biggest_owner_five_times(start_server, start_replay, clus
            "TRADE_CANVAS_POSTGRES_POOL_MAX_SIZE": "3"}
     servers = [start_server(**env) for _ in range(3)]
     node_of = {id(s): s.get("/api/runtime/cluster")[1]["this_node"]["node_id"] for s in servers}
-    sampler = UpstreamSampler(exchange)
+    sampler = UpstreamSampler(lambda: exchange.get("/_replay/state"))
 
     def owners(server) -> dict[str, str | None]:
         found: dict[str, str | None] = dict.fromkeys(series)
@@ -187,7 +162,7 @@ def test_kill_9_of_the_biggest_owner_five_times(start_server, start_replay, clus
     print(f"takeovers (s, series moved): {takeovers}; upstream samples {sampler.samples}; "
           f"candles received by the final sockets {seen}")
 
-    assert sampler.samples > 50 and sampler.doubled == [], sampler.doubled[:5]
+    assert sampler.samples > 50 and sampler.doubles == [], sampler.doubles[:5]
     assert max(t for t, _ in takeovers) < 4.0, takeovers
     assert [n for _, n in takeovers] == [SERIES_COUNT // 3] * CYCLES  # a third moved each time
     for sockets in subs.values():

@@ -32,10 +32,12 @@ import pytest
 import websocket
 
 from tests.fakes.postgres import ThrowawayPostgres
-from tests.fakes.replay import free_port
+from tests.fakes.replay import UpstreamSampler, free_port
 from tests.fakes.tcp_relay import TcpRelay
 from tests.integration.conftest import ServerProcess
 from tests.integration.test_feed import feed_env
+from trade_canvas.exchanges import binance
+from trade_canvas.series import parse_series_id
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
@@ -101,50 +103,6 @@ class Subscriber:
             self.ws.close()
         except Exception:
             pass
-
-
-class UpstreamSampler:
-    """Samples ``/_replay/state`` every 100 ms; records each sample with a stream on two
-    upstream connections (connections in ``ignored`` left out)."""
-
-    def __init__(self, exchange) -> None:
-        self.exchange = exchange
-        self.ignored: set[int] = set()
-        self.phase = ""
-        self.samples = 0
-        self.doubles: list[tuple[str, dict[str, list[int]]]] = []  # (phase, stream -> ids)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def connections(self) -> list[dict]:
-        return self.exchange.get("/_replay/state")["connections"]
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            try:
-                connections = self.connections()
-            except OSError:
-                continue
-            on: dict[str, list[int]] = {}
-            for conn in connections:
-                if conn["id"] not in self.ignored:
-                    for stream in conn["streams"]:
-                        on.setdefault(f"{conn['market']}/{stream}", []).append(conn["id"])
-            self.samples += 1
-            double = {stream: ids for stream, ids in on.items() if len(ids) > 1}
-            if double:
-                self.doubles.append((self.phase, double))
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-
-def stream_of(series_id: str) -> str:
-    """binance:spot:BTC/USDT:1m -> btcusdt@kline_1m"""
-    symbol, tf = series_id.split(":")[2:4]
-    return f"{symbol.replace('/', '').lower()}@kline_{tf}"
 
 
 class Fleet:
@@ -282,7 +240,7 @@ def test_faults_in_sequence(start_replay, throwaway_pg, tmp_path) -> None:
 
 
 def run_faults(fleet: Fleet, exchange, throwaway_pg: ThrowawayPostgres) -> None:
-    sampler = UpstreamSampler(exchange)
+    sampler = UpstreamSampler(lambda: exchange.get("/_replay/state"))
     fleet.subscribe_all([*SERIES, ROUND_ROBIN])
     p0 = fleet.servers[0]
     wait_for(lambda: fleet.settled(p0, fleet.alive), 30, "every series owned")
@@ -321,7 +279,7 @@ def run_faults(fleet: Fleet, exchange, throwaway_pg: ThrowawayPostgres) -> None:
     lost = fleet.owned_by(victim, next(s for s in fleet.alive if s is not victim))
     observer = next(s for s in fleet.alive if s is not victim)
     sampler.ignored = {c["id"] for c in sampler.connections()
-                       if set(c["streams"]) & {stream_of(sid) for sid in lost}}
+                       if set(c["streams"]) & {binance.series_stream(parse_series_id(sid)) for sid in lost}}
     os.killpg(victim.proc.pid, signal.SIGSTOP)
     frozen_at = time.monotonic()
     try:
