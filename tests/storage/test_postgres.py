@@ -14,12 +14,8 @@ from psycopg.conninfo import make_conninfo
 from tests.fakes.tcp_relay import TcpRelay
 from trade_canvas.candles import Candle
 from trade_canvas.errors import ConfigError, Unavailable
-from trade_canvas.storage.postgres import (
-    MIGRATIONS,
-    PostgresCandleStore,
-    redact_dsn,
-    run_migrations,
-)
+from trade_canvas.storage.pg_schema import MIGRATIONS, run_migrations
+from trade_canvas.storage.postgres import PostgresCandleStore, redact_dsn
 
 pytestmark = pytest.mark.postgres
 
