@@ -35,15 +35,11 @@ class StoreActor(pykka.ThreadingActor):
         link: ChildLink,
         on_written: Callable[[str], None] | None = None,
         on_committed: Callable[[str, int | None, tuple[Candle, ...], bool], None] | None = None,
-        tell_factor: bool = True,
     ) -> None:
         super().__init__()
-        # False in cluster mode: the factor actor (on the lease owner only) follows the writes
-        # of every process in commit order through the fan-out actor instead.
-        self.tell_factor = tell_factor
         # Cluster mode: (series, write sequence number, candles, publish) after each commit,
         # so the other processes learn of the write and this one's fan-out delivers it to the
-        # hub in sequence order with theirs (runtime/cluster.py).
+        # hub and the owner's factor actor in sequence order with theirs (runtime/cluster.py).
         self.on_committed = on_committed
         self.series = series
         self.store = store
@@ -90,13 +86,13 @@ class StoreActor(pykka.ThreadingActor):
         if self.on_committed is not None:
             self.on_committed(self.series.text, seq, message.candles, message.publish)
         # Factors follow every stored candle; only subscribers depend on ``publish``. In cluster
-        # mode the fan-out tells the hub: told here directly, this write could overtake an
-        # earlier one made by another process whose hint has not arrived yet, and the hub's
-        # cursor would then skip that one for good.
-        stored = CandlesStored(message.candles, committed)
-        if message.publish and self.on_committed is None:
-            tell(self.lookup("hub"), stored)
-        if self.tell_factor:
+        # mode the fan-out tells both: told here directly, this write could overtake an earlier
+        # one made by another process whose hint has not arrived yet, and the hub's cursor (or
+        # the factor head) would then skip that one for good.
+        if self.on_committed is None:
+            stored = CandlesStored(message.candles, committed)
+            if message.publish:
+                tell(self.lookup("hub"), stored)
             tell(self.lookup("factor"), stored)
         if message.reply_to is not None:
             tell(message.reply_to, CandlesCommitted(message.batch))

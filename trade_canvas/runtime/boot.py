@@ -96,8 +96,7 @@ def make_blueprint(
                 relay=relay,
             ),
             "store": lambda link: StoreActor.start(
-                series, store, group.ref, link, generations.bump, on_committed=on_committed,
-                tell_factor=with_factor),
+                series, store, group.ref, link, generations.bump, on_committed=on_committed),
             "factor": lambda link: FactorActor.start(series, store, group.ref, link, factor),
         }
         if not with_factor:
