@@ -256,22 +256,27 @@ class FanoutActor(pykka.ThreadingActor):
         if hint.series_id not in self.groups:
             self.followers.pop(hint.series_id, None)  # nobody here: catch-up reads the store
             return
-        follower = self._follower(hint.series_id)
-        step = follower.step(hint.seq, hint.candles is not None, publish=hint.kind == "c")
-        if step is Step.DROP:
+        if self._advance(hint, hint.candles is not None) is Step.DROP:
             self.counters["duplicates"] += 1
-            return
-        if step is Step.DELIVER and hint.candles is not None:
-            self._deliver(hint.series_id, hint.candles)
-        elif step is Step.RESYNC:
+
+    def _advance(self, hint: Hint, inline: bool) -> Step:
+        """Take the write numbered ``hint.seq`` if it is the next one; return what was done.
+
+        The next write in sequence goes to the hub (unless stored only) and to the owner's
+        factor actor (absent on every other process), which in cluster mode has no other
+        source: it folds the writes of every process in their commit order. A write told to it
+        directly could overtake an earlier one whose hint is still on its way, and the older
+        candle would be skipped as history. A jump resyncs both from the store.
+        """
+        follower = self._follower(hint.series_id)
+        step = follower.step(hint.seq, inline, publish=hint.kind == "c")
+        if step is Step.RESYNC:
             self._resync(hint.series_id, hint.seq)
-            return  # the resync also told the factor actor to read the store
-        # The next write in sequence, made here or elsewhere: the owner's factor actor (absent
-        # on every other process) folds it. In cluster mode this is its only source, so it
-        # folds writes in their commit order whichever process made them: a local write told
-        # directly could overtake an earlier one whose hint is still on its way, and the older
-        # candle would then be skipped as history. Without the candles inline it reads the store.
-        self._to_factor(hint.series_id, hint.candles)
+        elif step is not Step.DROP:
+            if step is Step.DELIVER and hint.candles is not None:
+                self._deliver(hint.series_id, hint.candles)
+            self._to_factor(hint.series_id, hint.candles)  # None: it reads the store
+        return step
 
     def _to_factor(self, series_id: str, candles: tuple[Candle, ...] | None) -> None:
         group = self.groups.get(series_id)
@@ -292,19 +297,11 @@ class FanoutActor(pykka.ThreadingActor):
         follower = self._follower(hint.series_id)
         if follower.delivered is None and hint.seq == 1:
             follower.resynced(0)  # the series' first write in cluster mode: nothing to miss
-        step = follower.step(hint.seq, True, publish=hint.kind == "c")
-        if step is Step.RESYNC:
-            self._resync(hint.series_id, hint.seq)
-            return
-        if step is Step.DROP:
-            return
-        if step is Step.DELIVER:
-            # The hub gets it from here, not from the store actor: told directly, this write
-            # could overtake an earlier one of another process whose hint is still on its way
-            # (the jump above), and the hub's cursors would skip that candle for good.
-            self._deliver(hint.series_id, hint.candles)
-        self.counters["written_here"] += 1
-        self._to_factor(hint.series_id, hint.candles)  # in sequence: the commit order
+        # The hub and the factor actor get it from here, not from the store actor: told
+        # directly, this write could overtake an earlier one of another process whose hint is
+        # still on its way (a jump: resynced), and the hub's cursors would skip that candle.
+        if self._advance(hint, True) in (Step.DELIVER, Step.SKIP):
+            self.counters["written_here"] += 1
 
     def _relayed(self, hint: FormingHint | DrawHint | BroadcastHint) -> None:
         """Hand another process's forming candles, draw delta or system message to the hub."""
